@@ -1,0 +1,89 @@
+"""Settings shared by every detector; the model configs change only what differs.
+
+Follows the DCASE 2020 Task 2 baseline: 5-frame log-mel vectors (128 mels,
+n_fft 1024, hop 512), Adam 1e-3, 100 epochs, batch 512, validation split 0.1,
+training on dev train plus the additional (eval) train data when present.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.name = "ae"  # The default workdir is runs/<name>.
+  config.seed = 0
+  # JAX's persistent compilation cache: empty for <cache_dir>/jax, "off" to
+  # disable. A second identical run then skips compilation.
+  config.compile_cache_dir = ""
+
+  config.data = ml_collections.ConfigDict()
+  # Empty: the bundled synthetic dataset (generated once under cache_dir).
+  config.data.root = ""
+  config.data.dev_dir = "dev_data"  # AE-ASD: "dataset".
+  config.data.eval_dir = "eval_data"  # AE-ASD: "eval_dataset".
+  config.data.machine_types = ()  # Empty: every type folder under dev_dir.
+  config.data.use_eval_train = True  # DCASE's additional training data.
+  config.data.group_by = "type"  # "type" or "type_id": one model per group.
+  # Empty: $XDG_CACHE_HOME/aeasd_jax (or ~/.cache/aeasd_jax).
+  config.data.cache_dir = ""
+  config.data.resample = False  # Resample other rates instead of refusing.
+  config.data.skip_bad_files = False  # Leave bad files out, with a report.
+  config.data.decode_workers = 8
+  config.data.feature_batch = 64  # Clips per log-mel call while caching.
+
+  # The bundled dataset, used when data.root is empty (aeasd_jax/synth.py).
+  config.synth = ml_collections.ConfigDict()
+  config.synth.seed = 0
+  config.synth.clips_per_id = 24
+  config.synth.seconds = 2.0
+
+  # features.log_mel arguments; the defaults are the DCASE baseline's.
+  config.features = ml_collections.ConfigDict()
+  config.features.sample_rate = 16000
+  config.features.n_fft = 1024
+  config.features.hop_length = 512
+  config.features.n_mels = 128
+  config.features.power = 2.0
+  config.features.htk = False  # AE-ASD (torchaudio): True.
+  config.features.norm = "slaney"  # AE-ASD (torchaudio): None.
+  config.features.pad_mode = "constant"  # librosa < 0.10 and AE-ASD: reflect.
+  # None: 20/power*log10(mel + eps) as the baseline; AE-ASD: 1e-10 floor.
+  config.features.log_floor = config_dict.placeholder(float)
+  config.features.fmin = 0.0
+  config.features.fmax = config_dict.placeholder(float)  # None: sr / 2.
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "AE"  # AE, VAE, IDNN or VIDNN (models.MODELS).
+  config.model.frames = 5
+  config.model.n_mels = config.features.get_ref("n_mels")
+  config.model.hidden = 128
+  config.model.depth = 4
+  config.model.bottleneck = 8
+  # Keras' BatchNormalization defaults, as the baseline trained with.
+  config.model.bn_momentum = 0.99
+  config.model.bn_epsilon = 1e-3
+  config.model.beta = 1.0  # KL weight (VAE, VIDNN).
+  config.model.kl_reduction = "mean"  # "sum" over the batch as AE-ASD.
+
+  config.train = ml_collections.ConfigDict()
+  config.train.epochs = 100
+  config.train.batch_size = 512
+  config.train.learning_rate = 1e-3
+  config.train.adam_eps = 1e-8  # optax's default; Keras used 1e-7.
+  config.train.num_seeds = 1  # Independent models per group.
+  config.train.validation_split = 0.1
+  # "val_loss", or "dev_auc" as AE-ASD, which peeks at labelled test data.
+  config.train.select_by = "val_loss"
+  config.train.select_every = 5  # Epochs between dev AUC checks (dev_auc).
+  config.train.checkpoint_every = 10  # Epochs; the last epoch always saves.
+  config.train.keep_checkpoints = 3
+  config.train.log_every = 1  # Epochs between progress lines.
+  config.train.tensorboard = False  # Needs the [tensorboard] extra.
+
+  config.score = ml_collections.ConfigDict()
+  config.score.pooling = "mean"  # "mean", "max" or "gwrp" (AE-ASD's option).
+  config.score.gwrp_decay = 0.99
+  config.score.threshold_percentile = 90.0  # Of a gamma fit to normal scores.
+  config.score.batch_windows = 8192  # Windows per model per scoring step.
+  return config

@@ -1,0 +1,174 @@
+"""Tests for aeasd_jax.features against librosa as the oracle.
+
+librosa is a test-only dependency; the library itself never imports it.
+"""
+
+import functools
+import sys
+
+import jax
+import librosa
+import numpy as np
+import pytest
+import soundfile
+
+from aeasd_jax import features
+from aeasd_jax.errors import AeasdError
+
+SR = 16000
+N_FFT = 1024
+HOP = 512
+N_MELS = 128
+# Bins this far below the clip's loudest bin are float32 round-off in any
+# implementation, librosa's own float32 path included, so they are not compared.
+DYNAMIC_RANGE_DB = 80.0
+TOLERANCE_DB = 0.05
+SIGNALS = ('white_noise', 'chirp', 'quiet_tone', 'pcm16_wav')
+
+
+def _make_signal(name, tmp_path):
+  rng = np.random.default_rng(0)
+  t = np.arange(3 * SR) / SR
+  if name == 'white_noise':
+    return 0.1 * rng.standard_normal(t.size)
+  if name == 'chirp':
+    # Sweeps 50 Hz to 7.95 kHz so every mel band is the loudest somewhere.
+    return 0.5 * np.sin(2 * np.pi * (50 * t + (7900 / 6) * t**2))
+  if name == 'quiet_tone':
+    tone = 1e-3 * np.sin(2 * np.pi * 1000 * t) * (t >= 1.5)
+    return 1e-4 * rng.standard_normal(t.size) + tone
+  if name == 'pcm16_wav':
+    clip = 0.3 * rng.standard_normal(t.size) + 0.2 * np.sin(2 * np.pi * 440 * t)
+    path = tmp_path / 'clip.wav'
+    soundfile.write(path, np.clip(clip, -1, 1), SR, subtype='PCM_16')
+    y, sr = soundfile.read(path)
+    assert sr == SR
+    return y
+  raise ValueError(name)
+
+
+@pytest.fixture(params=SIGNALS)
+def signal(request, tmp_path):
+  return request.param, _make_signal(request.param, tmp_path)
+
+
+def _max_db_error(name, label, ours, ref):
+  assert ours.shape == ref.shape
+  assert ours.dtype == np.float32
+  mask = ref >= ref.max() - DYNAMIC_RANGE_DB
+  error = float(np.max(np.abs(ours - ref)[mask]))
+  print(f'{label} {name}: max |dB diff| {error:.3g} over '
+        f'{mask.mean():.0%} of bins')
+  return error
+
+
+def test_default_matches_librosa_melspectrogram(signal):
+  name, y = signal
+  mel = librosa.feature.melspectrogram(
+      y=y, sr=SR, n_fft=N_FFT, hop_length=HOP, n_mels=N_MELS, power=2.0)
+  ref = (20 / 2 * np.log10(mel + sys.float_info.epsilon)).T
+  ours = np.asarray(features.log_mel(y))
+  assert _max_db_error(name, 'default', ours, ref) <= TOLERANCE_DB
+
+
+def test_htk_torchaudio_style_matches_librosa(signal):
+  name, y = signal
+  power_spec = np.abs(librosa.stft(
+      y, n_fft=N_FFT, hop_length=HOP, center=True, pad_mode='reflect'))**2
+  fb = librosa.filters.mel(
+      sr=SR, n_fft=N_FFT, n_mels=N_MELS, htk=True, norm=None)
+  ref = (10 * np.log10(np.maximum(fb @ power_spec, 1e-10))).T
+  ours = np.asarray(features.log_mel(
+      y, htk=True, norm=None, log_floor=1e-10, pad_mode='reflect'))
+  assert _max_db_error(name, 'htk', ours, ref) <= TOLERANCE_DB
+
+
+@pytest.mark.parametrize('htk', [False, True])
+@pytest.mark.parametrize('norm', ['slaney', None])
+@pytest.mark.parametrize('sr,n_fft,n_mels,fmin,fmax', [
+    (16000, 1024, 128, 0.0, None),
+    (22050, 2048, 64, 40.0, 9000.0),
+])
+def test_filterbank_matches_librosa(htk, norm, sr, n_fft, n_mels, fmin, fmax):
+  ours = features.mel_filterbank(sr, n_fft, n_mels, fmin=fmin, fmax=fmax,
+                                 htk=htk, norm=norm)
+  ref = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin,
+                            fmax=fmax, htk=htk, norm=norm)
+  assert ours.shape == (n_mels, 1 + n_fft // 2)
+  assert ours.dtype == np.float32
+  np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6 * ref.max())
+
+
+def test_batched_and_jitted_match_single_clip():
+  y = _make_signal('white_noise', None)
+  single = np.asarray(features.log_mel(y))
+  batch = np.repeat(y[None], 3, axis=0)
+  batched = np.asarray(features.log_mel(batch))
+  assert batched.shape == (3,) + single.shape
+  for clip in batched:
+    np.testing.assert_allclose(clip, single, atol=1e-4)
+
+  jitted = jax.jit(functools.partial(
+      features.log_mel, htk=True, norm=None, pad_mode='reflect',
+      log_floor=1e-10))
+  eager = np.asarray(features.log_mel(
+      batch[:, None], htk=True, norm=None, pad_mode='reflect',
+      log_floor=1e-10))
+  np.testing.assert_allclose(np.asarray(jitted(batch[:, None])), eager,
+                             atol=1e-4)
+  static = jax.jit(features.log_mel, static_argnames=('n_mels',))
+  assert static(batch, n_mels=64).shape == (3, single.shape[0], 64)
+
+
+@pytest.mark.filterwarnings('ignore:n_fft=1024 is too large')
+@pytest.mark.parametrize('n_samples', [16000 * 2 + 123, 16000 * 10, 1000])
+def test_frame_count_matches_librosa(n_samples):
+  y = np.random.default_rng(1).standard_normal(n_samples)
+  ref = librosa.feature.melspectrogram(
+      y=y, sr=SR, n_fft=N_FFT, hop_length=HOP, n_mels=N_MELS)
+  ours = features.log_mel(y)
+  assert ours.shape == (ref.shape[1], N_MELS)
+  assert ours.shape[0] == 1 + n_samples // HOP
+
+
+def test_stack_frames_matches_baseline_order():
+  logmel = np.random.default_rng(2).standard_normal((2, 12, 7))
+  frames = 5
+  stacked = np.asarray(features.stack_frames(logmel, frames=frames))
+  assert stacked.shape == (2, 12 - frames + 1, frames * 7)
+  for b in range(2):
+    expected = np.zeros((12 - frames + 1, frames * 7))
+    for t in range(frames):
+      expected[:, 7 * t:7 * (t + 1)] = logmel[b, t:t + 12 - frames + 1]
+    np.testing.assert_array_equal(stacked[b], expected.astype(stacked.dtype))
+
+
+def test_stack_frames_ten_second_clip_gives_309_vectors():
+  vectors = features.stack_frames(features.log_mel(np.zeros(10 * SR)))
+  assert vectors.shape == (309, 640)
+
+
+def test_stack_frames_rejects_too_few_frames():
+  with pytest.raises(AeasdError, match='frames'):
+    features.stack_frames(np.zeros((4, 128)), frames=5)
+
+
+@pytest.mark.parametrize('kwargs,argument', [
+    ({'n_mels': 0}, 'n_mels'),
+    ({'hop_length': -1}, 'hop_length'),
+    ({'n_fft': 1.5}, 'n_fft'),
+    ({'power': 0.0}, 'power'),
+    ({'pad_mode': 'edge'}, 'pad_mode'),
+    ({'norm': 'l2'}, 'norm'),
+    ({'log_floor': 0.0}, 'log_floor'),
+    ({'fmax': 9000.0}, 'fmax'),
+    ({'sample_rate': 0}, 'sample_rate'),
+])
+def test_log_mel_rejects_bad_arguments(kwargs, argument):
+  with pytest.raises(AeasdError, match=argument):
+    features.log_mel(np.zeros(SR), **kwargs)
+
+
+def test_reflect_padding_rejects_too_short_clip():
+  with pytest.raises(AeasdError, match='samples'):
+    features.log_mel(np.zeros(100), pad_mode='reflect')
