@@ -1,0 +1,456 @@
+"""Evaluation of a trained workdir: dev/eval tables, decisions, new recordings.
+
+`evaluate()` is what evaluate.py runs; `score_recordings()` scores any files
+with the trained models, as a plant engineer would use them.
+"""
+
+import functools
+import json
+import logging
+import pathlib
+import re
+
+import jax
+import numpy as np
+import scipy.stats
+
+from aeasd_jax import audio
+from aeasd_jax import cache
+from aeasd_jax import checkpoint
+from aeasd_jax import dataset
+from aeasd_jax import dcase
+from aeasd_jax import features as features_lib
+from aeasd_jax import metric_log
+from aeasd_jax import metrics
+from aeasd_jax import results
+from aeasd_jax import scoring
+from aeasd_jax import train
+from aeasd_jax import workdir_files
+from aeasd_jax.errors import AeasdError
+
+log = logging.getLogger(__name__)
+
+THRESHOLDS_FILE = "thresholds.json"
+PAUC_MAX_FPR = 0.1  # The DCASE 2020 pAUC.
+
+
+def score_models(config, features, setup, params, batch_stats, clip_lists):
+  """Per-model scores of per-model clip lists, in one set of device calls."""
+  return scoring.score_clip_lists(
+      setup.graphdef, params, batch_stats, features, clip_lists,
+      frames_per_window=config.model.frames, interpolate=setup.interpolate,
+      pooling=config.score.pooling, decay=config.score.gwrp_decay,
+      batch_windows=config.score.batch_windows)
+
+
+def score_groups(config, features, groups, setup, params, batch_stats,
+                 clips_of_group):
+  """[seeds, clips] scores per group for the clips clips_of_group(group)."""
+  clip_lists = [clips_of_group(groups[g]) for g in setup.group_of_model]
+  flat = score_models(config, features, setup, params, batch_stats,
+                      clip_lists)
+  seeds = config.train.num_seeds
+  return [np.stack(flat[g * seeds:(g + 1) * seeds]) for g in range(len(groups))]
+
+
+def dev_test_clips(features, group):
+  return [c for c in group.test_clips if features.clips[c].section == "dev"]
+
+
+def _auc_table(features, groups, clip_lists, scores_per_group, labels_of):
+  """{type: {id: (auc, pauc)}} for one score per clip."""
+  by_type_id = {}
+  for group, clips, scores in zip(groups, clip_lists, scores_per_group):
+    for c, s in zip(clips, scores):
+      clip = features.clips[c]
+      by_type_id.setdefault(clip.machine_type, {}).setdefault(
+          clip.machine_id, []).append((labels_of(clip), s))
+  table = {}
+  for machine_type in sorted(by_type_id):
+    table[machine_type] = {}
+    for machine_id in sorted(by_type_id[machine_type]):
+      labels, scores = np.asarray(by_type_id[machine_type][machine_id]).T
+      table[machine_type][machine_id] = (
+          metrics.roc_auc_score(labels, scores),
+          metrics.roc_auc_score(labels, scores, max_fpr=PAUC_MAX_FPR))
+  return table
+
+
+def _mean_auc(table):
+  return np.mean([np.mean([a for a, _ in by_id.values()])
+                  for by_id in table.values()])
+
+
+def dev_auc_per_model(config, features, groups, setup, state):
+  """[models] dev test AUC of the current weights, averaged over ids.
+
+  This is AE-ASD's model selection; it peeks at labelled test data.
+  """
+  clip_lists = [dev_test_clips(features, groups[g])
+                for g in setup.group_of_model]
+  scores = score_models(config, features, setup, state["params"],
+                        state["batch_stats"], clip_lists)
+  return np.asarray([
+      _mean_auc(_auc_table(features, [groups[g]], [clips], [s],
+                           lambda clip: clip.label))
+      for g, clips, s in zip(setup.group_of_model, clip_lists, scores)])
+
+
+def fit_threshold(scores, percentile):
+  """The `percentile` point of a gamma distribution fitted to normal scores.
+
+  As the DCASE 2021+ baselines do; with fewer than 3 scores the fit is
+  meaningless, so the largest score is used instead.
+  """
+  scores = np.asarray(scores, np.float64)
+  if len(scores) < 3 or np.ptp(scores) == 0:
+    return float(np.max(scores))
+  shape, loc, scale = scipy.stats.gamma.fit(scores)
+  threshold = scipy.stats.gamma.ppf(percentile / 100, shape, loc, scale)
+  if not np.isfinite(threshold):
+    shape, loc, scale = scipy.stats.gamma.fit(scores, floc=0)
+    threshold = scipy.stats.gamma.ppf(percentile / 100, shape, loc, scale)
+  return float(threshold)
+
+
+def _threshold_clips(group):
+  # Held-out normal clips score like unseen normal sound; without them the
+  # training clips are used, which sets the threshold somewhat low.
+  return list(group.val_clips) if len(group.val_clips) else list(
+      group.train_clips)
+
+
+def fit_thresholds(config, workdir, features, groups, setup, params,
+                   batch_stats, tag):
+  """Fits and stores each group's decision threshold for weights `tag`.
+
+  The threshold applies to the seed-ensemble score (the mean over seeds).
+
+  Returns:
+    {group name: threshold}
+  """
+  scores = score_groups(config, features, groups, setup, params, batch_stats,
+                        _threshold_clips)
+  thresholds = {g.name: fit_threshold(s.mean(0),
+                                      config.score.threshold_percentile)
+                for g, s in zip(groups, scores)}
+  path = pathlib.Path(workdir) / THRESHOLDS_FILE
+  stored = json.loads(path.read_text()) if path.exists() else {}
+  stored[tag] = {"percentile": config.score.threshold_percentile,
+                 "pooling": config.score.pooling, "thresholds": thresholds}
+  workdir_files.write_text(path, json.dumps(stored, indent=2, sort_keys=True))
+  return thresholds
+
+
+def stored_thresholds(config, workdir, tag):
+  """Thresholds stored for weights `tag` with the current score settings."""
+  path = pathlib.Path(workdir) / THRESHOLDS_FILE
+  if not path.exists():
+    return None
+  entry = json.loads(path.read_text()).get(tag)
+  if (entry and entry["percentile"] == config.score.threshold_percentile and
+      entry["pooling"] == config.score.pooling):
+    return entry["thresholds"]
+  return None
+
+
+def load_groups(workdir):
+  path = pathlib.Path(workdir) / train.GROUPS_FILE
+  try:
+    return json.loads(path.read_text())
+  except OSError:
+    raise AeasdError(f"{path}: missing; expected a workdir written by"
+                     " train.py") from None
+
+
+def load_weights(config, workdir, group_names, which):
+  """Restores the weights a --checkpoint value names.
+
+  Args:
+    config: the workdir's config.
+    workdir: the run's folder.
+    group_names: the groups the run trained, in order.
+    which: "best" (the best weights kept in the latest checkpoint),
+      "latest", or an epoch number.
+
+  Returns:
+    (setup, params, batch_stats, tag) where tag names the weights.
+  """
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  setup = train.make_setup(config, group_names, mesh)
+  keys = train.model_keys(config.seed, group_names, config.train.num_seeds)
+  abstract = train.abstract_with_sharding(
+      jax.eval_shape(functools.partial(train.init_state, setup), keys),
+      jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+  mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
+  if which in ("best", "latest"):
+    step = mngr.latest_step()
+    if step is None:
+      raise AeasdError(f"{mngr.directory}: no checkpoint; expected a workdir"
+                       " trained by train.py")
+  else:
+    try:
+      step = int(which)
+    except ValueError:
+      raise AeasdError(f"--checkpoint={which}: expected best, latest or an"
+                       " epoch number") from None
+  state = checkpoint.restore(mngr, abstract, step)
+  mngr.close()
+  weights = state["best"] if which == "best" else state
+  return setup, weights["params"], weights["batch_stats"], f"{which}@{step}"
+
+
+def _decision_report(features, groups, clip_lists, ensemble, thresholds):
+  """Per type and id: precision, recall and F1 of score > threshold."""
+  report = {}
+  for group, clips, scores in zip(groups, clip_lists, ensemble):
+    decisions = scores > thresholds[group.name]
+    for c, d in zip(clips, decisions):
+      clip = features.clips[c]
+      entry = report.setdefault((clip.machine_type, clip.machine_id),
+                                {"tp": 0, "fp": 0, "fn": 0, "n": 0})
+      entry["n"] += 1
+      entry["tp"] += int(d and clip.label == 1)
+      entry["fp"] += int(d and clip.label == 0)
+      entry["fn"] += int(not d and clip.label == 1)
+  for entry in report.values():
+    tp, fp, fn = entry["tp"], entry["fp"], entry["fn"]
+    entry["precision"] = tp / (tp + fp) if tp + fp else 0.0
+    entry["recall"] = tp / (tp + fn) if tp + fn else 0.0
+    p, r = entry["precision"], entry["recall"]
+    entry["f1"] = 2 * p * r / (p + r) if p + r else 0.0
+  return report
+
+
+def _write_score_files(folder, features, groups, clip_lists, ensemble,
+                       decisions_of=None):
+  """One score CSV (and decision CSV) per type and id."""
+  by_file = {}
+  for group, clips, scores in zip(groups, clip_lists, ensemble):
+    for c, s in zip(clips, scores):
+      clip = features.clips[c]
+      names, values, decided = by_file.setdefault(
+          (clip.machine_type, clip.machine_id), ([], [], []))
+      names.append(clip.name)
+      values.append(s)
+      if decisions_of:
+        decided.append(s > decisions_of[group.name])
+  for (machine_type, machine_id), (names, values, decided) in by_file.items():
+    results.write_scores(
+        folder / results.score_csv_name(machine_type, machine_id), names,
+        values)
+    if decisions_of:
+      results.write_decisions(
+          folder / f"decision_result_{machine_type}_{machine_id}.csv", names,
+          decided)
+
+
+def evaluate(workdir, *, which="best", eval_ground_truth=None, plots=False):
+  """Scores the dev (and eval) test sets and writes the DCASE result files.
+
+  Returns:
+    {"dev": table, "eval": table or None, "seeds": per-seed tables,
+     "decisions": report} where a table is {type: {id: (auc, pauc)}}.
+  """
+  timer = metric_log.PhaseTimer()
+  workdir = pathlib.Path(workdir)
+  config = workdir_files.load_config(workdir)
+  with timer.phase("features"):
+    features, groups = dataset.load(config)
+  saved_names = load_groups(workdir)
+  if [g.name for g in groups] != saved_names:
+    raise AeasdError(
+        f"workdir {workdir} was trained on groups {saved_names}, but its data"
+        f" now gives {[g.name for g in groups]}; expected the same dataset")
+  with timer.phase("restore"):
+    setup, params, batch_stats, tag = load_weights(config, workdir,
+                                                   saved_names, which)
+  out = workdir / "results"
+  out.mkdir(exist_ok=True)
+  report = {}
+  with timer.phase("score"):
+    dev_clips = [dev_test_clips(features, g) for g in groups]
+    dev_scores = score_groups(config, features, groups, setup, params,
+                              batch_stats, lambda g: dev_test_clips(features, g))
+    thresholds = stored_thresholds(config, workdir, tag) or fit_thresholds(
+        config, workdir, features, groups, setup, params, batch_stats, tag)
+  ensemble = [s.mean(0) for s in dev_scores]
+  label = lambda clip: clip.label
+  report["dev"] = _auc_table(features, groups, dev_clips, ensemble, label)
+  report["seeds"] = [
+      _auc_table(features, groups, dev_clips, [s[k] for s in dev_scores], label)
+      for k in range(config.train.num_seeds)]
+  report["decisions"] = _decision_report(features, groups, dev_clips,
+                                         ensemble, thresholds)
+  _write_score_files(out, features, groups, dev_clips, ensemble, thresholds)
+  results.write_result_csv(out / "result.csv", report["dev"])
+  _write_decision_summary(out / "decisions.csv", report["decisions"])
+  print(results.format_table(report["dev"], f"dev set ({tag}, "
+                             f"{config.model.name})"))
+  if config.train.num_seeds > 1:
+    print(_seed_summary(report["seeds"]))
+  report["eval"] = _evaluate_eval_set(config, features, groups, setup, params,
+                                      batch_stats, out, eval_ground_truth)
+  if plots:
+    from aeasd_jax import plots as plots_lib  # pylint: disable=g-import-not-at-top
+    plots_lib.write(out, features, groups, dev_clips, ensemble)
+  log.info("time: %s", timer.summary())
+  return report
+
+
+def _evaluate_eval_set(config, features, groups, setup, params, batch_stats,
+                       out, ground_truth_path):
+  """Writes eval score CSVs; with a ground truth list, the eval table too."""
+  eval_of = lambda g: [c for c in g.test_clips
+                       if features.clips[c].section == "eval"]
+  eval_clips = [eval_of(g) for g in groups]
+  if not any(eval_clips):
+    if ground_truth_path:
+      raise AeasdError(f"--eval_ground_truth={ground_truth_path} given, but"
+                       " the dataset has no eval_data/<type>/test clips")
+    return None
+  scores = score_groups(config, features, groups, setup, params, batch_stats,
+                        eval_of)
+  ensemble = [s.mean(0) for s in scores]
+  eval_out = out / "eval"
+  eval_out.mkdir(exist_ok=True)
+  _write_score_files(eval_out, features, groups, eval_clips, ensemble)
+  if not ground_truth_path:
+    return None
+  truth = results.read_ground_truth(ground_truth_path)
+
+  def label_of(clip):
+    try:
+      return truth[clip.machine_type][clip.name]
+    except KeyError:
+      raise AeasdError(f"{ground_truth_path}: no label for {clip.machine_type}"
+                       f"/{clip.name}; expected one row per eval test"
+                       " file") from None
+
+  table = _auc_table(features, groups, eval_clips, ensemble, label_of)
+  results.write_result_csv(eval_out / "result.csv", table)
+  print(results.format_table(table, "eval set"))
+  return table
+
+
+def _write_decision_summary(path, report):
+  lines = ["type,id,files,precision,recall,F1"]
+  for (machine_type, machine_id), e in sorted(report.items()):
+    lines.append(f"{machine_type},{machine_id},{e['n']},{e['precision']:.4f},"
+                 f"{e['recall']:.4f},{e['f1']:.4f}")
+  workdir_files.write_text(path, "\n".join(lines) + "\n")
+
+
+def _seed_summary(seed_tables):
+  lines = ["per-seed AUC(%) (pAUC(%)), mean ± std over seeds"]
+  for machine_type in seed_tables[0]:
+    per_seed = np.array([np.mean(list(t[machine_type].values()), axis=0)
+                         for t in seed_tables]) * 100
+    mean, std = per_seed.mean(0), per_seed.std(0)
+    lines.append(f"{machine_type:<14} {mean[0]:6.2f} ± {std[0]:.2f}"
+                 f" ({mean[1]:5.2f} ± {std[1]:.2f})")
+  return "\n".join(lines)
+
+
+def _recording_paths(path):
+  path = pathlib.Path(path)
+  if path.is_file():
+    return [path]
+  if path.is_dir():
+    found = sorted(p for p in path.rglob("*")
+                   if p.is_file() and p.suffix.lower() in dcase.AUDIO_SUFFIXES)
+    if found:
+      return found
+    raise AeasdError(f"--wav={path}: no .wav or .flac files in the folder")
+  raise AeasdError(f"--wav={path}: no such file or folder")
+
+
+def _group_of_recording(path, machine_type, group_names):
+  if machine_type in group_names:
+    return machine_type
+  match = re.search(r"id_\d+", path.name)
+  name = f"{machine_type}/{match.group(0)}" if match else None
+  if name not in group_names:
+    raise AeasdError(
+        f"{path}: this run has one model per machine type and id, and the"
+        f" file name gives no trained id of {machine_type}; expected a name"
+        " containing one of"
+        f" {[g.split('/')[1] for g in group_names if g.startswith(machine_type + '/')]}")
+  return name
+
+
+def score_recordings(workdir, path, *, machine_type=None, which="best"):
+  """Scores any recordings with a trained run and decides normal or anomaly.
+
+  Args:
+    workdir: the run's folder.
+    path: a file or a folder of .wav/.flac files.
+    machine_type: which type's model scores them; optional when the run
+      trained one type.
+    which: the --checkpoint value.
+
+  Returns:
+    One dict per file: path, and score, threshold and anomaly, or error.
+  """
+  workdir = pathlib.Path(workdir)
+  config = workdir_files.load_config(workdir)
+  group_names = load_groups(workdir)
+  types = sorted({g.split("/")[0] for g in group_names})
+  if machine_type is None and len(types) == 1:
+    machine_type = types[0]
+  if machine_type not in types:
+    raise AeasdError(f"--machine_type={machine_type}: expected one of the"
+                     f" types this run trained: {types}")
+  setup, params, batch_stats, tag = load_weights(config, workdir, group_names,
+                                                 which)
+  thresholds = stored_thresholds(config, workdir, tag)
+  if thresholds is None:
+    features, groups = dataset.load(config)
+    thresholds = fit_thresholds(config, workdir, features, groups, setup,
+                                params, batch_stats, tag)
+  log_mel = jax.jit(lambda y: features_lib.log_mel(y, **dict(config.features)))
+  rows, clips, frames = [], [], []
+  for file in _recording_paths(path):
+    row = {"path": str(file)}
+    rows.append(row)
+    try:
+      group = _group_of_recording(file, machine_type, group_names)
+      wave = audio.read_audio(file, sample_rate=config.features.sample_rate,
+                              resample=config.data.resample,
+                              min_samples=config.features.n_fft)
+      mel = np.asarray(log_mel(wave))
+      if len(mel) < config.model.frames:
+        raise AeasdError(f"{file}: {len(mel)} frames, fewer than"
+                         f" model.frames={config.model.frames}")
+    except AeasdError as e:
+      row["error"] = str(e)
+      continue
+    row["group"] = group
+    clips.append(len(rows) - 1)
+    frames.append(mel)
+  if clips:
+    lengths = np.asarray([len(f) for f in frames], np.int64)
+    recordings = cache.FeatureCache(
+        directory=None, frames=np.concatenate(frames), clips=tuple(clips),
+        offsets=np.concatenate([[0], np.cumsum(lengths)[:-1]]),
+        lengths=lengths, bad_files=())
+    members = {g: [i for i, c in enumerate(clips) if rows[c]["group"] == g]
+               for g in group_names}
+    scores = score_models(config, recordings, setup, params, batch_stats,
+                          [members[group_names[g]]
+                           for g in setup.group_of_model])
+    seeds = config.train.num_seeds
+    for g, name in enumerate(group_names):
+      ensemble = np.mean(scores[g * seeds:(g + 1) * seeds], axis=0)
+      for i, score in zip(members[name], ensemble):
+        row = rows[clips[i]]
+        row.update(score=float(score), threshold=thresholds[name],
+                   anomaly=bool(score > thresholds[name]))
+  for row in rows:
+    if "error" in row:
+      print(f"{row['path']}\tERROR\t{row['error']}")
+    else:
+      verdict = "ANOMALY" if row["anomaly"] else "normal"
+      print(f"{row['path']}\t{row['score']:.6g}\t(threshold"
+            f" {row['threshold']:.6g})\t{verdict}")
+  return rows

@@ -1,0 +1,129 @@
+"""The detectors in Flax NNX: the DCASE baseline autoencoder, its VAE, IDNN.
+
+IDNN and VIDNN are the same networks fed the context frames and asked for the
+centre frame; the registry at the bottom maps config names to both facts.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# Keras' Dense default, which the DCASE baseline trained with.
+_KERNEL_INIT = nnx.initializers.glorot_uniform()
+
+
+class DenseBlock(nnx.Module):
+  """Dense -> BatchNorm -> ReLU, the unit both autoencoders are built of."""
+
+  def __init__(self, in_features, out_features, *, bn_momentum, bn_epsilon,
+               rngs):
+    self.dense = nnx.Linear(in_features, out_features,
+                            kernel_init=_KERNEL_INIT, rngs=rngs)
+    # Two-pass variance, as Keras and PyTorch compute it: the fast
+    # E[x^2] - E[x]^2 loses digits on activations of raw dB features.
+    self.norm = nnx.BatchNorm(out_features, momentum=bn_momentum,
+                              epsilon=bn_epsilon, use_fast_variance=False,
+                              rngs=rngs)
+
+  def __call__(self, x, *, train):
+    return nnx.relu(self.norm(self.dense(x), use_running_average=not train))
+
+
+def _stack(widths, bn_momentum, bn_epsilon, rngs):
+  return nnx.List([
+      DenseBlock(a, b, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
+                 rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
+
+
+class Autoencoder(nnx.Module):
+  """[Dense-BN-ReLU] x depth, a Dense-BN-ReLU bottleneck, the mirror, linear out.
+
+  With the defaults (640 in and out, width 128, depth 4, bottleneck 8) it is
+  the DCASE 2020 baseline and AE-ASD model: 267,928 trainable parameters.
+  """
+
+  def __init__(self, in_features, out_features, *, hidden, depth, bottleneck,
+               bn_momentum, bn_epsilon, rngs):
+    bn = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, rngs=rngs)
+    self.encoder = _stack([in_features] + [hidden] * depth + [bottleneck], **bn)
+    self.decoder = _stack([bottleneck] + [hidden] * depth, **bn)
+    self.output = nnx.Linear(hidden, out_features, kernel_init=_KERNEL_INIT,
+                             rngs=rngs)
+
+  def __call__(self, x, *, train, key=None):
+    """Returns the reconstruction and a zero per-vector KL term."""
+    del key  # Deterministic; the argument keeps one signature for all models.
+    for block in self.encoder:
+      x = block(x, train=train)
+    for block in self.decoder:
+      x = block(x, train=train)
+    return self.output(x), jnp.zeros(x.shape[:-1], x.dtype)
+
+
+class VariationalAutoencoder(nnx.Module):
+  """The encoder blocks, linear mean and log-variance heads, the AE decoder.
+
+  Training samples z = mu + exp(logvar / 2) * eps; scoring decodes mu.
+  """
+
+  def __init__(self, in_features, out_features, *, hidden, depth, bottleneck,
+               bn_momentum, bn_epsilon, rngs):
+    bn = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, rngs=rngs)
+    self.encoder = _stack([in_features] + [hidden] * depth, **bn)
+    self.mean = nnx.Linear(hidden, bottleneck, kernel_init=_KERNEL_INIT,
+                           rngs=rngs)
+    self.log_variance = nnx.Linear(hidden, bottleneck,
+                                   kernel_init=_KERNEL_INIT, rngs=rngs)
+    self.decoder = _stack([bottleneck] + [hidden] * depth, **bn)
+    self.output = nnx.Linear(hidden, out_features, kernel_init=_KERNEL_INIT,
+                             rngs=rngs)
+
+  def __call__(self, x, *, train, key=None):
+    """Returns the reconstruction and the per-vector KL(q(z|x) || N(0, I))."""
+    for block in self.encoder:
+      x = block(x, train=train)
+    mu, log_variance = self.mean(x), self.log_variance(x)
+    z = mu
+    if train:
+      noise = jax.random.normal(key, mu.shape, mu.dtype)
+      z = mu + jnp.exp(log_variance / 2) * noise
+    for block in self.decoder:
+      z = block(z, train=train)
+    kl = -0.5 * jnp.sum(1 + log_variance - mu**2 - jnp.exp(log_variance), -1)
+    return self.output(z), kl
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """A config model name: which network, and whether it interpolates."""
+  network: type
+  # IDNN: predict the centre frame from the others instead of reconstructing.
+  interpolate: bool
+
+
+MODELS = {
+    "AE": ModelSpec(Autoencoder, interpolate=False),
+    "IDNN": ModelSpec(Autoencoder, interpolate=True),
+    "VAE": ModelSpec(VariationalAutoencoder, interpolate=False),
+    "VIDNN": ModelSpec(VariationalAutoencoder, interpolate=True),
+}
+
+
+def io_sizes(model_config):
+  """(input, output) widths of the network for a config.model."""
+  frames, n_mels = model_config.frames, model_config.n_mels
+  if MODELS[model_config.name].interpolate:
+    return (frames - 1) * n_mels, n_mels
+  return frames * n_mels, frames * n_mels
+
+
+def build(model_config, rngs):
+  """The network named by config.model.name, sized by the config."""
+  in_features, out_features = io_sizes(model_config)
+  return MODELS[model_config.name].network(
+      in_features, out_features, hidden=model_config.hidden,
+      depth=model_config.depth, bottleneck=model_config.bottleneck,
+      bn_momentum=model_config.bn_momentum,
+      bn_epsilon=model_config.bn_epsilon, rngs=rngs)

@@ -1,0 +1,140 @@
+"""Anomaly scores on the device: per-vector reconstruction error, pooled per clip.
+
+One jitted call scores many clips for every group and seed at once; ragged
+clip lengths are padded to a bucketed length and masked.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from aeasd_jax import data
+
+POOLINGS = ("mean", "max", "gwrp")
+# Padded clip lengths are rounded up to this many windows, so clips of nearby
+# lengths share one compiled program.
+LENGTH_BUCKET = 64
+
+
+def vector_errors(graphdef, params, batch_stats, window, interpolate):
+  """Mean squared error of each vector over the reconstructed dims.
+
+  All frames for AE and VAE (decoding the mean), the centre frame for IDNN.
+  """
+  x, y = data.split_window(window, interpolate)
+  model = nnx.merge(graphdef, params, batch_stats)
+  reconstruction, _ = model(x, train=False)
+  return jnp.mean((reconstruction - y) ** 2, axis=-1)
+
+
+def pool(errors, mask, pooling, decay):
+  """Per-clip scores from [..., windows] errors; `mask` marks real windows.
+
+  "gwrp" is global weighted rank pooling as in AE-ASD: the r-th largest error
+  weighs decay**r (decay 1 is the mean, decay 0 the max).
+  """
+  if pooling == "mean":
+    return jnp.sum(errors * mask, -1) / jnp.maximum(jnp.sum(mask, -1), 1)
+  if pooling == "max":
+    return jnp.max(jnp.where(mask, errors, -jnp.inf), -1)
+  ranked = -jnp.sort(jnp.where(mask, -errors, jnp.inf), axis=-1)
+  count = jnp.sum(mask, -1, keepdims=True)
+  rank = jnp.arange(errors.shape[-1])
+  weights = jnp.where(rank < count, decay ** rank.astype(errors.dtype), 0.0)
+  ranked = jnp.where(rank < count, ranked, 0.0)
+  return jnp.sum(weights * ranked, -1) / jnp.sum(weights, -1)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("graphdef", "frames_per_window", "interpolate",
+                              "max_windows", "clips_per_step", "pooling"))
+def clip_scores(graphdef, params, batch_stats, frames, clip_starts,
+                clip_windows, decay, *, frames_per_window, interpolate,
+                max_windows, clips_per_step, pooling):
+  """Scores of clips for stacked models; one row of clips per model.
+
+  Args:
+    graphdef: the network's nnx graph definition.
+    params: stacked parameters, leaves [models, ...].
+    batch_stats: stacked BatchNorm statistics.
+    frames: [total_frames, n_mels] log-mel frames of the clips.
+    clip_starts: [models, clips] first frame of each clip model m scores.
+    clip_windows: [models, clips] windows of each clip; 0 marks padding.
+    decay: the GWRP decay.
+    frames_per_window: frames per vector (5).
+    interpolate: IDNN scoring (centre frame only).
+    max_windows: windows per clip after padding, at least clip_windows.max().
+    clips_per_step: clips scored per model per step; divides the clip count.
+    pooling: "mean", "max" or "gwrp".
+
+  Returns:
+    [models, clips] float32 scores; padded clips score 0.
+  """
+  num_models, num_clips = clip_starts.shape
+  steps = num_clips // clips_per_step
+  starts = clip_starts.reshape(num_models, steps, clips_per_step).swapaxes(0, 1)
+  counts = clip_windows.reshape(num_models, steps, clips_per_step).swapaxes(0, 1)
+  position = jnp.arange(max_windows)
+
+  def step(_, chunk):
+    chunk_starts, chunk_counts = chunk
+    mask = position < chunk_counts[..., None]  # [models, clips, windows]
+    window_starts = chunk_starts[..., None] + jnp.minimum(
+        position, jnp.maximum(chunk_counts[..., None] - 1, 0))
+    windows = data.gather_windows(frames, window_starts, frames_per_window)
+    errors = jax.vmap(vector_errors, in_axes=(None, 0, 0, 0, None))(
+        graphdef, params, batch_stats, windows, interpolate)
+    scores = pool(errors, mask, pooling, decay)
+    return None, jnp.where(chunk_counts > 0, scores, 0.0)
+
+  _, scores = jax.lax.scan(step, None, (starts, counts))
+  return scores.swapaxes(0, 1).reshape(num_models, num_clips)
+
+
+def bucket(n, size):
+  """n rounded up to a multiple of size (at least size)."""
+  return max(size, -(-n // size) * size)
+
+
+def score_clip_lists(graphdef, params, batch_stats, cache, clip_lists,
+                     *, frames_per_window, interpolate, pooling, decay,
+                     batch_windows):
+  """Scores, for each model m, the cached clips clip_lists[m].
+
+  Every model's clips are scored in the same jitted calls; shapes are bucketed
+  so a new clip count or length rarely compiles a new program.
+
+  Returns:
+    A list with one float64 NumPy array of scores per model.
+  """
+  used = sorted({c for clips in clip_lists for c in clips})
+  frame_of = {}
+  pieces, offset = [], 0
+  for c in used:
+    frame_of[c] = offset
+    pieces.append(cache.clip_frames(c))
+    offset += int(cache.lengths[c])
+  n_mels = cache.frames.shape[1]
+  frames = (np.concatenate(pieces) if pieces else
+            np.zeros((0, n_mels), np.float32))
+  windows = {c: max(int(cache.lengths[c]) - frames_per_window + 1, 0)
+             for c in used}
+  max_windows = bucket(max(windows.values(), default=1), LENGTH_BUCKET)
+  clips_per_step = max(1, batch_windows // max_windows)
+  num_clips = bucket(max((len(c) for c in clip_lists), default=1),
+                     clips_per_step)
+  starts = np.zeros((len(clip_lists), num_clips), np.int32)
+  counts = np.zeros((len(clip_lists), num_clips), np.int32)
+  for m, clips in enumerate(clip_lists):
+    starts[m, :len(clips)] = [frame_of[c] for c in clips]
+    counts[m, :len(clips)] = [windows[c] for c in clips]
+  scores = clip_scores(
+      graphdef, params, batch_stats, jnp.asarray(frames), starts, counts,
+      jnp.float32(decay), frames_per_window=frames_per_window,
+      interpolate=interpolate, max_windows=max_windows,
+      clips_per_step=clips_per_step, pooling=pooling)
+  scores = np.asarray(scores, np.float64)
+  return [scores[m, :len(clips)] for m, clips in enumerate(clip_lists)]

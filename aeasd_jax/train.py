@@ -1,0 +1,373 @@
+"""Training: the step, the one-scan epoch, and the loop over epochs.
+
+Every group (machine type, or type and id) times every seed is one model; all
+models train together under jax.vmap, data-parallel over a device Mesh.
+"""
+
+import dataclasses
+import functools
+import json
+import logging
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from aeasd_jax import checkpoint
+from aeasd_jax import config_check
+from aeasd_jax import data
+from aeasd_jax import dataset
+from aeasd_jax import metric_log
+from aeasd_jax import models
+from aeasd_jax import scoring
+from aeasd_jax import workdir_files
+from aeasd_jax.errors import AeasdError
+
+log = logging.getLogger(__name__)
+
+GROUPS_FILE = "groups.json"  # Group names in model order.
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """What the compiled programs close over: static shapes and choices."""
+  build: Callable  # rngs -> network
+  graphdef: Any
+  optimizer: Any
+  interpolate: bool
+  frames_per_window: int
+  batch_size: int
+  beta: float
+  kl_reduction: str
+  group_of_model: np.ndarray  # [models] group row of each model.
+  model_names: tuple  # "fan/seed0", ... in model order.
+  val_chunk: int  # Validation windows per model per step.
+  mesh: jax.sharding.Mesh
+
+
+def make_setup(config, group_names, mesh):
+  """The static description of a run, from its config, groups and mesh."""
+  build = functools.partial(models.build, config.model)
+  graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: build(nnx.Rngs(0))),
+                             nnx.Param, nnx.BatchStat)
+  num_seeds = config.train.num_seeds
+  return Setup(
+      build=build,
+      graphdef=graphdef,
+      optimizer=optax.adam(config.train.learning_rate,
+                           eps=config.train.adam_eps),
+      interpolate=models.MODELS[config.model.name].interpolate,
+      frames_per_window=config.model.frames,
+      batch_size=config.train.batch_size,
+      beta=config.model.beta,
+      kl_reduction=config.model.kl_reduction,
+      group_of_model=np.repeat(np.arange(len(group_names)), num_seeds),
+      model_names=tuple(f"{g}/seed{s}" for g in group_names
+                        for s in range(num_seeds)),
+      val_chunk=scoring.bucket(config.score.batch_windows, mesh.devices.size),
+      mesh=mesh)
+
+
+def model_keys(seed, group_names, num_seeds):
+  """[models, 2] uint32 keys; a model's key depends on its group and seed only.
+
+  So a group trains identically whether or not other groups train beside it.
+  """
+  root = jax.random.key(seed)
+  keys = [jax.random.fold_in(jax.random.fold_in(root, data.stable_hash(g)), s)
+          for g in group_names for s in range(num_seeds)]
+  return jax.random.key_data(jnp.stack(keys))
+
+
+def init_state(setup, keys):
+  """The stacked training state: one model per row of `keys`."""
+  def init_one(key):
+    model = setup.build(nnx.Rngs(jax.random.wrap_key_data(key)))
+    _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    params = nnx.to_pure_dict(params)
+    batch_stats = nnx.to_pure_dict(batch_stats)
+    return params, batch_stats, setup.optimizer.init(params)
+
+  params, batch_stats, opt_state = jax.vmap(init_one)(keys)
+  num_models = keys.shape[0]
+  return {
+      "params": params, "batch_stats": batch_stats, "opt_state": opt_state,
+      # The best weights so far by the selection metric (lower is better).
+      "best": {"params": params, "batch_stats": batch_stats,
+               "metric": jnp.full((num_models,), jnp.inf, jnp.float32),
+               "epoch": jnp.zeros((num_models,), jnp.int32)},
+      "epoch": jnp.zeros((), jnp.int32),  # Epochs completed.
+      "keys": keys,
+  }
+
+
+def train_step(setup, params, batch_stats, opt_state, window, key):
+  """One Adam step of one model on a batch of windows: a pure function."""
+  x, y = data.split_window(window, setup.interpolate)
+
+  def loss_fn(params):
+    model = nnx.merge(setup.graphdef, params, batch_stats)
+    reconstruction, kl = model(x, train=True, key=key)
+    mse = jnp.mean((reconstruction - y) ** 2)
+    kl = jnp.sum(kl) if setup.kl_reduction == "sum" else jnp.mean(kl)
+    new_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+    return mse + setup.beta * kl, new_stats
+
+  (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      params)
+  updates, opt_state = setup.optimizer.update(grads, opt_state, params)
+  params = optax.apply_updates(params, updates)
+  finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
+  return params, batch_stats, opt_state, {"loss": loss, "finite": finite}
+
+
+def _shuffled_starts(key, starts, count):
+  """The valid entries of `starts` in random order, padding moved last."""
+  noise = jax.random.uniform(key, starts.shape)
+  noise = jnp.where(jnp.arange(starts.shape[0]) < count, noise, 2.0)
+  return starts[jnp.argsort(noise)]
+
+
+def run_epoch(setup, state, windows):
+  """One epoch of every model: a single lax.scan over the batches.
+
+  Each model draws a fresh permutation of its group's (clip, start frame)
+  positions; the remainder smaller than a batch is skipped, and a group with
+  fewer batches than the largest takes masked no-op steps, so it trains
+  exactly its own epochs.
+
+  Returns:
+    (state, metrics) with per-model train_loss, val_loss and finite.
+  """
+  keys = jax.random.wrap_key_data(state["keys"])
+  epoch_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, state["epoch"])
+  shuffle_keys = jax.vmap(jax.random.fold_in, (0, None))(epoch_keys, 0)
+  step_keys = jax.vmap(jax.random.fold_in, (0, None))(epoch_keys, 1)
+  group = jnp.asarray(setup.group_of_model)
+  starts = windows.train_starts[group]
+  counts = windows.train_counts[group]
+  order = jax.vmap(_shuffled_starts)(shuffle_keys, starts, counts)
+  batch = setup.batch_size
+  num_steps = starts.shape[1] // batch
+  order = order[:, :num_steps * batch].reshape(-1, num_steps, batch)
+  order = jax.lax.with_sharding_constraint(
+      order.swapaxes(0, 1), NamedSharding(setup.mesh, P(None, None, "data")))
+  active = jnp.arange(num_steps)[:, None] < (counts // batch)[None, :]
+
+  def body(carry, xs):
+    params, batch_stats, opt_state = carry
+    batch_starts, step_active, step = xs
+    window = data.gather_windows(windows.frames, batch_starts,
+                                 setup.frames_per_window)
+    keys = jax.vmap(jax.random.fold_in, (0, None))(step_keys, step)
+    new = jax.vmap(functools.partial(train_step, setup))(
+        params, batch_stats, opt_state, window, keys)
+    new_carry, metrics = new[:3], new[3]
+
+    def keep_if_inactive(updated, old):
+      mask = step_active.reshape((-1,) + (1,) * (updated.ndim - 1))
+      return jnp.where(mask, updated, old)
+
+    return jax.tree.map(keep_if_inactive, new_carry, carry), metrics
+
+  carry = (state["params"], state["batch_stats"], state["opt_state"])
+  (params, batch_stats, opt_state), metrics = jax.lax.scan(
+      body, carry, (order, active, jnp.arange(num_steps)))
+  steps_taken = jnp.maximum(jnp.sum(active, 0), 1)
+  train_loss = jnp.sum(jnp.where(active, metrics["loss"], 0.0), 0) / steps_taken
+  finite = jnp.all(metrics["finite"] | ~active, 0)
+  state = {**state, "params": params, "batch_stats": batch_stats,
+           "opt_state": opt_state, "epoch": state["epoch"] + 1}
+  val_loss = validation_loss(setup, params, batch_stats, windows)
+  return state, {"train_loss": train_loss, "val_loss": val_loss,
+                 "finite": finite}
+
+
+def validation_loss(setup, params, batch_stats, windows):
+  """[models] mean per-vector error over each group's held-out windows.
+
+  The same error the anomaly score averages, so selecting on it selects the
+  model that best reconstructs unseen normal sound.
+  """
+  group = jnp.asarray(setup.group_of_model)
+  starts, counts = windows.val_starts[group], windows.val_counts[group]
+  chunk = setup.val_chunk
+  num_chunks = -(-starts.shape[1] // chunk)
+  starts = jnp.pad(starts, ((0, 0), (0, num_chunks * chunk - starts.shape[1])))
+  starts = starts.reshape(-1, num_chunks, chunk).swapaxes(0, 1)
+  starts = jax.lax.with_sharding_constraint(
+      starts, NamedSharding(setup.mesh, P(None, None, "data")))
+  position = jnp.arange(num_chunks * chunk).reshape(num_chunks, 1, chunk)
+
+  def body(total, xs):
+    chunk_starts, chunk_position = xs
+    window = data.gather_windows(windows.frames, chunk_starts,
+                                 setup.frames_per_window)
+    errors = jax.vmap(scoring.vector_errors, (None, 0, 0, 0, None))(
+        setup.graphdef, params, batch_stats, window, setup.interpolate)
+    mask = chunk_position < counts[:, None]
+    return total + jnp.sum(jnp.where(mask, errors, 0.0), -1), None
+
+  total, _ = jax.lax.scan(body, jnp.zeros(counts.shape, jnp.float32),
+                          (starts, position))
+  return jnp.where(counts > 0, total / jnp.maximum(counts, 1), jnp.nan)
+
+
+def keep_best(state, metric):
+  """Copies each model's weights into state["best"] where `metric` improved."""
+  better = metric < state["best"]["metric"]
+
+  def choose(new, old):
+    return jnp.where(better.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+
+  best = state["best"]
+  return {**state, "best": {
+      "params": jax.tree.map(choose, state["params"], best["params"]),
+      "batch_stats": jax.tree.map(choose, state["batch_stats"],
+                                  best["batch_stats"]),
+      "metric": jnp.where(better, metric, best["metric"]),
+      "epoch": jnp.where(better, state["epoch"], best["epoch"])}}
+
+
+class Trainer:
+  """Places data and state on the mesh and owns the compiled programs."""
+
+  def __init__(self, config, group_names, host_windows, mesh=None):
+    self.mesh = mesh or jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    config_check.check_devices(config, self.mesh.devices.size)
+    self.setup = make_setup(config, group_names, self.mesh)
+    self.replicated = NamedSharding(self.mesh, P())
+    self.windows = jax.device_put(host_windows, self.replicated)
+    self.epoch_fn = jax.jit(functools.partial(run_epoch, self.setup),
+                            donate_argnums=0)
+    self.keep_best_fn = jax.jit(keep_best, donate_argnums=0)
+    self.keys = model_keys(config.seed, group_names, config.train.num_seeds)
+
+  def init_state(self):
+    init = jax.jit(functools.partial(init_state, self.setup),
+                   out_shardings=self.replicated)
+    return init(self.keys)
+
+  def abstract_state(self):
+    return jax.eval_shape(functools.partial(init_state, self.setup),
+                          self.keys)
+
+
+def abstract_with_sharding(abstract, sharding):
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+      abstract)
+
+
+def check_group_sizes(groups, host_windows, batch_size):
+  """Each group needs at least one full batch of training windows."""
+  for group, count in zip(groups, host_windows.train_counts):
+    if count < batch_size:
+      raise AeasdError(
+          f"group {group.name} has {count} training vectors, fewer than"
+          f" config.train.batch_size={batch_size}; expected a smaller batch"
+          " size or more training clips")
+
+
+def _finite_or_raise(metrics, setup, epoch, last_saved):
+  bad = [setup.model_names[m] for m in np.flatnonzero(~metrics["finite"])]
+  if bad:
+    group, seed = bad[0].rsplit("/", 1)
+    kept = (f"the last good checkpoint (epoch {last_saved}) is kept"
+            if last_saved is not None else "no checkpoint was saved yet")
+    raise AeasdError(
+        f"non-finite loss or gradient in epoch {epoch} for group {group},"
+        f" {seed} ({len(bad)} model(s) in all); {kept}. Expected finite"
+        " training: lower config.train.learning_rate or check the data")
+
+
+def _selection_metric(config, metrics, epoch, score_dev_auc):
+  """Lower is better; +inf leaves a model's best weights unchanged."""
+  if config.train.select_by == "val_loss":
+    return metrics["val_loss"]
+  if epoch % config.train.select_every:
+    return np.full_like(metrics["val_loss"], np.inf)
+  return -score_dev_auc()
+
+
+def train_and_evaluate(config, workdir):
+  """Trains every group's models, resuming from the workdir's checkpoints.
+
+  Returns:
+    The final training state (stacked over models).
+  """
+  # pylint: disable=g-import-not-at-top
+  from aeasd_jax import evaluation  # Evaluation imports this module.
+  config_check.check_config(config)
+  timer = metric_log.PhaseTimer()
+  workdir = workdir_files.prepare(workdir, config)
+  with timer.phase("features"):
+    features, groups = dataset.load(config)
+    host_windows = data.gather_host_windows(features, groups,
+                                            config.model.frames)
+  check_group_sizes(groups, host_windows, config.train.batch_size)
+  group_names = [g.name for g in groups]
+  workdir_files.write_text(workdir / GROUPS_FILE, json.dumps(group_names))
+  trainer = Trainer(config, group_names, host_windows)
+  setup = trainer.setup
+  mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
+  with timer.phase("compile"):
+    abstract = abstract_with_sharding(trainer.abstract_state(),
+                                      trainer.replicated)
+    epoch_program = trainer.epoch_fn.lower(abstract, trainer.windows).compile()
+  last_saved = mngr.latest_step()
+  if last_saved is None:
+    state = trainer.init_state()
+  else:
+    state = checkpoint.restore(mngr, abstract)
+    log.info("resuming from epoch %d in %s", last_saved, mngr.directory)
+  writer = metric_log.MetricWriter(workdir, config.train.tensorboard)
+  log.info("training %d model(s) (%s) on %d device(s): %s",
+               len(setup.model_names), config.model.name,
+               trainer.mesh.devices.size, ", ".join(setup.model_names))
+  steps_per_model = host_windows.train_counts[setup.group_of_model] // (
+      config.train.batch_size)
+  samples_per_epoch = int(steps_per_model.sum()) * config.train.batch_size
+  score_dev_auc = functools.partial(
+      evaluation.dev_auc_per_model, config, features, groups, setup)
+  for epoch in range(int(state["epoch"]) + 1, config.train.epochs + 1):
+    with timer.phase("train") as elapsed:
+      state, metrics = epoch_program(state, trainer.windows)
+      metrics = jax.device_get(metrics)
+    _finite_or_raise(metrics, setup, epoch, last_saved)
+    selection = _selection_metric(config, metrics, epoch,
+                                  lambda: score_dev_auc(state))
+    state = trainer.keep_best_fn(state, jnp.asarray(selection, jnp.float32))
+    rate = samples_per_epoch / elapsed()
+    writer.write({"epoch": epoch, "samples_per_s": rate,
+                  **{k: dict(zip(setup.model_names, map(float, metrics[k])))
+                     for k in ("train_loss", "val_loss")}}, step=epoch)
+    if epoch % config.train.log_every == 0 or epoch == config.train.epochs:
+      log.info("epoch %d/%d  loss %s  val %s  %.3gM samples/s", epoch,
+                   config.train.epochs, _per_group(metrics["train_loss"], setup),
+                   _per_group(metrics["val_loss"], setup), rate / 1e6)
+    if epoch % config.train.checkpoint_every == 0 or (
+        epoch == config.train.epochs):
+      with timer.phase("checkpoint"):
+        checkpoint.save(mngr, epoch, state)
+        last_saved = epoch
+  with timer.phase("checkpoint"):
+    mngr.wait_until_finished()
+  with timer.phase("thresholds"):
+    evaluation.fit_thresholds(
+        config, workdir, features, groups, setup, state["best"]["params"],
+        state["best"]["batch_stats"], f"best@{int(state['epoch'])}")
+  writer.write({"timing_s": timer.totals()})
+  log.info("time: %s", timer.summary())
+  writer.close()
+  return state
+
+
+def _per_group(values, setup):
+  return " ".join(f"{name}={v:.4g}" for name, v in zip(setup.model_names,
+                                                         values))

@@ -1,0 +1,47 @@
+"""Evaluates a trained workdir: python evaluate.py --workdir=runs/idnn.
+
+Writes DCASE-format score CSVs and result.csv, or with --wav scores any
+recordings. Kept short on purpose; the logic is in aeasd_jax.evaluation.
+"""
+
+from absl import app
+from absl import flags
+
+from aeasd_jax import evaluation
+from aeasd_jax import runtime
+from aeasd_jax import workdir_files
+
+flags.DEFINE_string("workdir", None, "A run folder written by train.py.",
+                    required=True)
+flags.DEFINE_string("checkpoint", "best", "best, latest or an epoch number.")
+flags.DEFINE_string("eval_ground_truth", None,
+                    "An eval_data_list.csv to score the eval set against.")
+flags.DEFINE_bool("plots", False, "Write ROC and histogram PNGs (needs the"
+                  " [plot] extra).")
+flags.DEFINE_string("wav", None, "A file or folder of recordings to score"
+                    " instead of the DCASE test sets.")
+flags.DEFINE_string("machine_type", None, "The machine type of --wav files"
+                    " (needed when the run trained several).")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  runtime.configure_logging()
+
+  def run():
+    config = workdir_files.load_config(FLAGS.workdir)
+    runtime.enable_compilation_cache(config)
+    if FLAGS.wav:
+      return evaluation.score_recordings(
+          FLAGS.workdir, FLAGS.wav, machine_type=FLAGS.machine_type,
+          which=FLAGS.checkpoint)
+    return evaluation.evaluate(
+        FLAGS.workdir, which=FLAGS.checkpoint,
+        eval_ground_truth=FLAGS.eval_ground_truth, plots=FLAGS.plots)
+
+  runtime.run(run)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,257 @@
+"""Evaluation: scoring equivalences, DCASE file formats, thresholds, --wav."""
+
+import csv
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+from sklearn import metrics as sk_metrics
+
+from aeasd_jax import data
+from aeasd_jax import dataset
+from aeasd_jax import evaluation
+from aeasd_jax import results
+from aeasd_jax import scoring
+from aeasd_jax import train
+from aeasd_jax import workdir_files
+from aeasd_jax.errors import AeasdError
+
+GROUND_TRUTH = (pathlib.Path(__file__).parents[2] / "shared" / "reference" /
+                "eval_data_list.csv")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_root, session_cache_dir):
+  """A tiny IDNN run with 2 seeds, evaluated once for the module."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.data.root = str(tiny_root)
+  config.data.cache_dir = str(session_cache_dir)
+  config.compile_cache_dir = "off"
+  config.features.n_mels = 16
+  config.model.name = "IDNN"
+  config.model.hidden = 16
+  config.model.depth = 2
+  config.model.bottleneck = 4
+  config.train.epochs = 3
+  config.train.batch_size = 64
+  config.train.num_seeds = 2
+  config.score.batch_windows = 256
+  workdir = tmp_path_factory.mktemp("run")
+  train.train_and_evaluate(config, workdir)
+  report = evaluation.evaluate(
+      workdir, eval_ground_truth=tiny_root / "eval_data_list.csv")
+  return config, workdir, report
+
+
+def _labels_from_names(names):
+  return np.asarray([name.startswith("anomaly") for name in names], int)
+
+
+def test_result_csv_equals_sklearn_on_the_written_scores(trained):
+  _, workdir, report = trained
+  table, overall = results.read_result_csv(workdir / "results" / "result.csv")
+  assert table.keys() == report["dev"].keys()
+  for machine_type, by_id in table.items():
+    for machine_id, (auc, pauc) in by_id.items():
+      scores = results.read_scores(
+          workdir / "results" / results.score_csv_name(machine_type,
+                                                       machine_id))
+      names = sorted(scores)
+      labels = _labels_from_names(names)
+      values = [scores[n] for n in names]
+      assert auc == pytest.approx(sk_metrics.roc_auc_score(labels, values),
+                                  abs=1e-12)
+      assert pauc == pytest.approx(
+          sk_metrics.roc_auc_score(labels, values, max_fpr=0.1), abs=1e-12)
+  per_type = [np.mean(list(b.values()), axis=0) for b in table.values()]
+  np.testing.assert_allclose(overall, np.mean(per_type, axis=0), atol=1e-12)
+
+
+def test_result_csv_layout(trained):
+  _, workdir, _ = trained
+  rows = list(csv.reader(open(workdir / "results" / "result.csv")))
+  assert rows[0] == ["fan"] and rows[1] == ["id", "AUC", "pAUC"]
+  average = next(i for i, r in enumerate(rows) if r and r[0] == "Average")
+  assert rows[average + 1] == []
+  assert rows[-1][0] == "Total Average"
+
+
+def test_score_files_cover_every_test_clip_sorted(trained, tiny_root):
+  _, workdir, _ = trained
+  for test_dir in sorted(tiny_root.glob("dev_data/*/test")):
+    machine_type = test_dir.parent.name
+    wavs = sorted(p.name for p in test_dir.glob("*.wav"))
+    ids = sorted({"_".join(n.split("_")[1:3]) for n in wavs})
+    written = []
+    for machine_id in ids:
+      path = workdir / "results" / results.score_csv_name(machine_type,
+                                                          machine_id)
+      rows = [r[0] for r in csv.reader(open(path))]
+      assert rows == sorted(rows)
+      written += rows
+    assert sorted(written) == wavs
+
+
+def test_eval_set_scores_match_the_ground_truth_list(trained, tiny_root):
+  _, workdir, report = trained
+  truth = results.read_ground_truth(tiny_root / "eval_data_list.csv")
+  for machine_type, labels in truth.items():
+    written = {}
+    for path in (workdir / "results" / "eval").glob(
+        f"anomaly_score_{machine_type}_id_*.csv"):
+      written.update(results.read_scores(path))
+    assert sorted(written) == sorted(labels)
+  assert report["eval"].keys() == truth.keys()
+  assert (workdir / "results" / "eval" / "result.csv").exists()
+
+
+def test_seed_ensemble_is_the_mean_of_seed_scores(trained):
+  config, workdir, report = trained
+  assert len(report["seeds"]) == config.train.num_seeds
+  features, groups = dataset.load(config, show_progress=False)
+  setup, params, batch_stats, _ = evaluation.load_weights(
+      config, workdir, [g.name for g in groups], "best")
+  per_seed = evaluation.score_groups(
+      config, features, groups, setup, params, batch_stats,
+      lambda g: evaluation.dev_test_clips(features, g))
+  group = groups[0]
+  clips = evaluation.dev_test_clips(features, group)
+  written = {}
+  for path in (workdir / "results").glob(f"anomaly_score_{group.name}_*.csv"):
+    written.update(results.read_scores(path))
+  ensemble = per_seed[0].mean(0)
+  for c, s in zip(clips, ensemble):
+    assert written[features.clips[c].name] == pytest.approx(s, rel=1e-6)
+
+
+def test_real_ground_truth_list_parses():
+  if not GROUND_TRUTH.exists():
+    pytest.skip("../shared/reference/eval_data_list.csv is not beside the repo")
+  truth = results.read_ground_truth(GROUND_TRUTH)
+  # Eval test normal/anomaly counts from ../shared/reference/ANCHORS.md.
+  expected = {"ToyCar": (750, 795), "ToyConveyor": (600, 1065),
+              "fan": (309, 1033), "pump": (300, 477), "slider": (300, 534),
+              "valve": (300, 640)}
+  for machine_type, (normal, anomaly) in expected.items():
+    labels = np.asarray(list(truth[machine_type].values()))
+    assert (np.sum(labels == 0), np.sum(labels == 1)) == (normal, anomaly)
+
+
+def test_result_csv_round_trip(tmp_path):
+  table = {"fan": {"id_00": (0.75, 0.6), "id_02": (0.5, 0.55)},
+           "valve": {"id_01": (1.0, 1.0)}}
+  results.write_result_csv(tmp_path / "r.csv", table)
+  read, overall = results.read_result_csv(tmp_path / "r.csv")
+  assert read == table
+  np.testing.assert_allclose(overall, [(0.625 + 1.0) / 2, (0.575 + 1.0) / 2])
+
+
+def test_ragged_clip_scores_equal_scoring_each_clip_alone(trained):
+  config, workdir, _ = trained
+  features, groups = dataset.load(config, show_progress=False)
+  setup, params, batch_stats, _ = evaluation.load_weights(
+      config, workdir, [g.name for g in groups], "latest")
+  clips = list(groups[0].test_clips[:3])
+  # Make the lengths ragged: score a shortened copy of the first clip too.
+  lengths = features.lengths.copy()
+  lengths[clips[0]] -= 7
+  ragged = features.__class__(features.directory, features.frames,
+                              features.clips, features.offsets, lengths, ())
+  for pooling in scoring.POOLINGS:
+    config.score.pooling = pooling
+    # One clip list per model: every model scores the clips, half reversed.
+    orders = [clips if m % 2 else clips[::-1]
+              for m in range(len(setup.model_names))]
+    together = evaluation.score_models(config, ragged, setup, params,
+                                       batch_stats, orders)
+    for m, order in enumerate(orders):
+      model = jax.tree.map(lambda x, m=m: x[m], (params, batch_stats))
+      for c, score in zip(order, together[m]):
+        frames = ragged.clip_frames(c)
+        starts = jnp.arange(len(frames) - 4)
+        errors = scoring.vector_errors(
+            setup.graphdef, *model, data.gather_windows(
+                jnp.asarray(frames), starts, 5), setup.interpolate)
+        expected = _numpy_pool(np.asarray(errors, np.float64), pooling,
+                               config.score.gwrp_decay)
+        assert score == pytest.approx(expected, rel=1e-5)
+
+
+def _numpy_pool(errors, pooling, decay):
+  if pooling == "mean":
+    return errors.mean()
+  if pooling == "max":
+    return errors.max()
+  weights = decay ** np.arange(len(errors))
+  return np.sum(weights * np.sort(errors)[::-1]) / weights.sum()
+
+
+def test_gwrp_limits():
+  errors = jnp.asarray([[3.0, 1.0, 2.0, 9.0]])
+  mask = jnp.asarray([[True, True, True, False]])
+  assert float(scoring.pool(errors, mask, "gwrp", 1.0)[0]) == pytest.approx(2.0)
+  assert float(scoring.pool(errors, mask, "gwrp", 0.0)[0]) == pytest.approx(3.0)
+  assert float(scoring.pool(errors, mask, "max", 0.5)[0]) == 3.0
+
+
+def test_gamma_threshold_recovers_the_percentile():
+  rng = np.random.default_rng(0)
+  samples = scipy.stats.gamma.rvs(3.0, scale=2.0, size=4000, random_state=rng)
+  expected = scipy.stats.gamma.ppf(0.9, 3.0, scale=2.0)
+  assert evaluation.fit_threshold(samples, 90) == pytest.approx(expected,
+                                                                rel=0.05)
+
+
+def test_decisions_and_thresholds_are_written(trained):
+  config, workdir, report = trained
+  rows = list(csv.reader(open(workdir / "results" / "decisions.csv")))
+  assert rows[0] == ["type", "id", "files", "precision", "recall", "F1"]
+  assert len(rows) - 1 == len(report["decisions"])
+  stored = workdir_files.load_config(workdir)  # The workdir stays readable.
+  assert stored.model.name == config.model.name
+  assert (workdir / evaluation.THRESHOLDS_FILE).exists()
+
+
+def test_new_recordings_are_scored_and_bad_files_reported(trained, tiny_root,
+                                                          tmp_path, capsys):
+  _, workdir, _ = trained
+  folder = tmp_path / "recordings"
+  folder.mkdir()
+  sources = sorted((tiny_root / "dev_data" / "valve" / "test").glob("*.wav"))
+  for source in sources[:3]:
+    (folder / source.name).write_bytes(source.read_bytes())
+  (folder / "broken.wav").write_text("not audio")
+  rows = evaluation.score_recordings(workdir, folder, machine_type="valve")
+  by_name = {pathlib.Path(r["path"]).name: r for r in rows}
+  assert "error" in by_name["broken.wav"]
+  assert "broken.wav" in by_name["broken.wav"]["error"]
+  written = {}
+  for path in (workdir / "results").glob("anomaly_score_valve_*.csv"):
+    written.update(results.read_scores(path))
+  for source in sources[:3]:
+    row = by_name[source.name]
+    assert row["score"] == pytest.approx(written[source.name], rel=1e-5)
+    assert row["anomaly"] == (row["score"] > row["threshold"])
+  printed = capsys.readouterr().out
+  assert "ERROR" in printed and ("ANOMALY" in printed or "normal" in printed)
+
+
+def test_new_recordings_need_a_known_machine_type(trained, tiny_root):
+  _, workdir, _ = trained
+  wav = next((tiny_root / "dev_data" / "fan" / "test").glob("*.wav"))
+  with pytest.raises(AeasdError, match=r"--machine_type=None: expected one"):
+    evaluation.score_recordings(workdir, wav)
+  with pytest.raises(AeasdError, match=r"--machine_type=pump"):
+    evaluation.score_recordings(workdir, wav, machine_type="pump")
+
+
+def test_checkpoint_choice_errors(trained):
+  _, workdir, _ = trained
+  with pytest.raises(AeasdError, match="expected best, latest or an epoch"):
+    evaluation.evaluate(workdir, which="newest")
+  with pytest.raises(AeasdError, match="no checkpoint for epoch 99"):
+    evaluation.evaluate(workdir, which="99")

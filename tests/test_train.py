@@ -1,0 +1,164 @@
+"""The training engine: equivalences (vmap, resume), retracing, failures."""
+
+import shutil
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from aeasd_jax import config_check
+from aeasd_jax import data
+from aeasd_jax import dataset
+from aeasd_jax import evaluation
+from aeasd_jax import train
+from aeasd_jax import workdir_files
+from aeasd_jax.errors import AeasdError
+
+
+# Different programs (here: 4 models vmapped vs 2) round differently, at 1e-7.
+# The dense biases feeding BatchNorm have a true gradient of zero, so theirs is
+# pure rounding noise, and Adam with eps=1e-8 turns noise into full +-lr steps.
+# An eps well above that noise and well below the real gradients keeps Adam's
+# behaviour and lets float tolerance compare the runs.
+ADAM_EPS_FOR_EQUIVALENCE = 1e-3
+
+
+def _latest(workdir):
+  config = workdir_files.load_config(workdir)
+  _, params, batch_stats, _ = evaluation.load_weights(
+      config, workdir, evaluation.load_groups(workdir), "latest")
+  return params, batch_stats
+
+
+def _model(tree, m):
+  return jax.tree.map(lambda x: np.asarray(x[m]), tree)
+
+
+def test_loss_falls_and_checkpoints_are_written(tiny_config, tmp_path):
+  tiny_config.train.epochs = 4
+  tiny_config.train.keep_checkpoints = 2
+  train.train_and_evaluate(tiny_config, tmp_path)
+  records = [r for r in map(eval_json, (tmp_path / "metrics.jsonl").open())
+             if "epoch" in r]
+  assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+  for name in records[0]["train_loss"]:
+    assert records[-1]["train_loss"][name] < records[0]["train_loss"][name]
+  steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()
+                 if p.name.isdigit())
+  assert steps == [3, 4]
+
+
+def eval_json(line):
+  import json  # pylint: disable=g-import-not-at-top
+  return json.loads(line)
+
+
+def test_resumed_run_equals_uninterrupted_run(tiny_config, tmp_path):
+  tiny_config.train.epochs = 3
+  train.train_and_evaluate(tiny_config, tmp_path / "straight")
+  tiny_config.train.epochs = 1
+  train.train_and_evaluate(tiny_config, tmp_path / "resumed")
+  tiny_config.train.epochs = 3
+  train.train_and_evaluate(tiny_config, tmp_path / "resumed")
+  # Bit for bit: the same compiled program on the same device.
+  chex.assert_trees_all_equal(_latest(tmp_path / "straight"),
+                              _latest(tmp_path / "resumed"))
+
+
+def test_training_groups_together_equals_training_each_alone(
+    tiny_config, tiny_root, tmp_path):
+  # Unequal groups: valve keeps half its training clips, so it takes masked
+  # no-op steps while fan trains on.
+  root = tmp_path / "data"
+  shutil.copytree(tiny_root, root)
+  for section in ("dev_data", "eval_data"):
+    files = sorted((root / section / "valve" / "train").iterdir())
+    for f in files[::2]:
+      f.unlink()
+  tiny_config.data.root = str(root)
+  tiny_config.train.num_seeds = 2
+  tiny_config.train.adam_eps = ADAM_EPS_FOR_EQUIVALENCE
+  tiny_config.data.machine_types = ("fan", "valve")
+  train.train_and_evaluate(tiny_config, tmp_path / "together")
+  together = _latest(tmp_path / "together")
+  for g, machine_type in enumerate(("fan", "valve")):
+    tiny_config.data.machine_types = (machine_type,)
+    train.train_and_evaluate(tiny_config, tmp_path / machine_type)
+    alone = _latest(tmp_path / machine_type)
+    for seed in range(2):
+      chex.assert_trees_all_close(_model(together, 2 * g + seed),
+                                  _model(alone, seed), atol=1e-5, rtol=1e-5)
+
+
+def test_epoch_compiles_once(tiny_config):
+  features, groups = dataset.load(tiny_config, show_progress=False)
+  windows = data.gather_host_windows(features, groups, 5)
+  trainer = train.Trainer(tiny_config, [g.name for g in groups], windows)
+  state = trainer.init_state()
+  for _ in range(3):
+    state, _ = trainer.epoch_fn(state, trainer.windows)
+  assert int(state["epoch"]) == 3
+  assert trainer.epoch_fn._cache_size() == 1  # pylint: disable=protected-access
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
+    tiny_config, tmp_path, monkeypatch):
+  tiny_config.train.epochs = 1
+  train.train_and_evaluate(tiny_config, tmp_path)
+  tiny_config.train.epochs = 3
+  gather = data.gather_host_windows
+
+  def poisoned(*args):
+    windows = gather(*args)
+    windows.frames[::7] = np.inf
+    return windows
+
+  monkeypatch.setattr(data, "gather_host_windows", poisoned)
+  with pytest.raises(AeasdError, match=r"non-finite .* epoch 2 for group "
+                     r"\w+, seed0.*last good checkpoint \(epoch 1\) is kept"):
+    train.train_and_evaluate(tiny_config, tmp_path)
+  steps = [p.name for p in (tmp_path / "checkpoints").iterdir()
+           if p.name.isdigit()]
+  assert steps == ["1"]
+
+
+@pytest.mark.parametrize("setting,value,message", [
+    ("train.batch_size", 0, "a positive integer"),
+    ("train.batch_size", 3.5, "a positive integer"),
+    ("train.epochs", "ten", "a positive integer"),
+    ("train.learning_rate", -1.0, r"\(0, 1e3\]"),
+    ("train.validation_split", 1.5, r"\[0, 0.9\]"),
+    ("model.name", "GAN", "one of"),
+    ("data.group_by", "machine", "one of"),
+    ("score.pooling", "median", "one of"),
+    ("model.kl_reduction", "max", "one of"),
+])
+def test_bad_config_value_names_the_setting(tiny_config, setting, value,
+                                            message):
+  section, key = setting.split(".")
+  # ConfigDict refuses most wrong types itself; a config file can still
+  # build one, so check_config must catch them too.
+  with tiny_config.ignore_type():
+    tiny_config[section][key] = value
+  with pytest.raises(AeasdError, match=rf"config\.{setting}=.*{message}"):
+    config_check.check_config(tiny_config)
+
+
+def test_batch_size_must_divide_by_devices(tiny_config):
+  tiny_config.train.batch_size = 64
+  with pytest.raises(AeasdError, match=r"divide by the 3 devices.* 63 or 66"):
+    config_check.check_devices(tiny_config, 3)
+
+
+def test_group_smaller_than_a_batch_is_refused(tiny_config, tmp_path):
+  tiny_config.train.batch_size = 1 << 16
+  with pytest.raises(AeasdError, match="fewer than config.train.batch_size"):
+    train.train_and_evaluate(tiny_config, tmp_path)
+
+
+def test_workdir_of_another_model_is_refused(tiny_config, tmp_path):
+  train.train_and_evaluate(tiny_config, tmp_path)
+  tiny_config.model.name = "IDNN"
+  with pytest.raises(AeasdError, match=r"holds a run with model="):
+    train.train_and_evaluate(tiny_config, tmp_path)

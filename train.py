@@ -1,0 +1,35 @@
+"""Trains AE, VAE or IDNN anomaly detectors: python train.py --config=configs/idnn.py.
+
+Kept short on purpose; the logic is in aeasd_jax.train, where tests reach it.
+"""
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from aeasd_jax import runtime
+from aeasd_jax import train
+
+config_flags.DEFINE_config_file("config", "configs/default.py",
+                                "Training configuration file.")
+flags.DEFINE_string("workdir", None, "Run folder; default runs/<config.name>.")
+flags.DEFINE_string("coordinator_address", None,
+                    "host:port of process 0, for multi-host training.")
+flags.DEFINE_integer("num_processes", 1, "Processes in a multi-host run.")
+flags.DEFINE_integer("process_id", 0, "This process's index.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  runtime.configure_logging()
+  config = FLAGS.config
+  runtime.initialize_distributed(FLAGS.coordinator_address,
+                                 FLAGS.num_processes, FLAGS.process_id)
+  runtime.enable_compilation_cache(config)
+  workdir = FLAGS.workdir or f"runs/{config.name}"
+  runtime.run(lambda: train.train_and_evaluate(config, workdir))
+
+
+if __name__ == "__main__":
+  app.run(main)
