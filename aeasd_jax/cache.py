@@ -150,6 +150,7 @@ def _build(directory, clips, feature_params, resample, skip_bad_files,
            num_workers, batch_size, show_progress):
   """Computes all frames into a temporary folder, then renames it."""
   directory.parent.mkdir(parents=True, exist_ok=True)
+  _remove_abandoned_builds(directory)
   tmp = directory.parent / f".tmp-{directory.name}-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
   tmp.mkdir()
@@ -181,6 +182,17 @@ def _build(directory, clips, feature_params, resample, skip_bad_files,
                      " free space (config.data.cache_dir)") from None
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_abandoned_builds(directory):
+  """Deletes temporary folders of builds whose process was killed."""
+  for tmp in directory.parent.glob(f".tmp-{directory.name}-*"):
+    try:
+      os.kill(int(tmp.name.rsplit("-", 1)[1]), 0)
+    except ProcessLookupError:
+      shutil.rmtree(tmp, ignore_errors=True)
+    except (ValueError, PermissionError):
+      pass  # Not ours to judge: a foreign name or another user's process.
 
 
 def _compute_frames(frames_path, clips, feature_params, resample, num_workers,

@@ -59,6 +59,7 @@ class PhaseTimer:
   def __init__(self):
     self.start = time.perf_counter()
     self.times = {}
+    self.notes = {}  # Phase name -> a word shown beside its time.
 
   @contextlib.contextmanager
   def phase(self, name):
@@ -75,4 +76,6 @@ class PhaseTimer:
     return {**self.times, "total": time.perf_counter() - self.start}
 
   def summary(self):
-    return "  ".join(f"{k} {v:.2f}s" for k, v in self.totals().items())
+    return "  ".join(
+        f"{k} {v:.2f}s" + (f" ({self.notes[k]})" if k in self.notes else "")
+        for k, v in self.totals().items())

@@ -5,6 +5,7 @@ AeasdError into a one-line message instead of a traceback.
 """
 
 import logging
+import os
 import sys
 
 import jax
@@ -27,6 +28,17 @@ def enable_compilation_cache(config):
   jax.config.update("jax_compilation_cache_dir", directory)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def compilation_cache_entries():
+  """Files in the persistent compilation cache; 0 when it is off.
+
+  A compile that adds none was served from the cache (a warm start).
+  """
+  directory = jax.config.jax_compilation_cache_dir
+  if not directory or not os.path.isdir(directory):
+    return 0
+  return sum(len(files) for _, _, files in os.walk(directory))
 
 
 def initialize_distributed(coordinator_address, num_processes, process_id):

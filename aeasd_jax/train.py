@@ -24,6 +24,7 @@ from aeasd_jax import data
 from aeasd_jax import dataset
 from aeasd_jax import metric_log
 from aeasd_jax import models
+from aeasd_jax import runtime
 from aeasd_jax import scoring
 from aeasd_jax import workdir_files
 from aeasd_jax.errors import AeasdError
@@ -317,9 +318,13 @@ def train_and_evaluate(config, workdir):
   setup = trainer.setup
   mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
   with timer.phase("compile"):
+    cached_before = runtime.compilation_cache_entries()
     abstract = abstract_with_sharding(trainer.abstract_state(),
                                       trainer.replicated)
     epoch_program = trainer.epoch_fn.lower(abstract, trainer.windows).compile()
+    timer.notes["compile"] = (
+        "cold" if runtime.compilation_cache_entries() > cached_before or
+        not jax.config.jax_compilation_cache_dir else "warm")
   last_saved = mngr.latest_step()
   if last_saved is None:
     state = trainer.init_state()
@@ -362,7 +367,7 @@ def train_and_evaluate(config, workdir):
     evaluation.fit_thresholds(
         config, workdir, features, groups, setup, state["best"]["params"],
         state["best"]["batch_stats"], f"best@{int(state['epoch'])}")
-  writer.write({"timing_s": timer.totals()})
+  writer.write({"timing_s": timer.totals(), "compile": timer.notes["compile"]})
   log.info("time: %s", timer.summary())
   writer.close()
   return state

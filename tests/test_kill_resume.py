@@ -1,0 +1,153 @@
+"""SIGKILL at the worst moments, then the same command again, loses nothing.
+
+A child process runs training with one hook that kills itself with SIGKILL at
+a chosen point: inside the feature cache build, mid-checkpoint save, or
+between an epoch and its checkpoint. The rerun must finish with the same
+parameters as a run that was never interrupted.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import chex
+import pytest
+
+from aeasd_jax import evaluation
+from aeasd_jax import results
+from aeasd_jax import workdir_files
+
+_CHILD = textwrap.dedent("""
+    import json, os, signal, sys
+    import jax
+    jax.config.update("jax_disable_most_optimizations", True)
+    import ml_collections
+    from aeasd_jax import cache, checkpoint, metric_log, runtime, train
+
+    runtime.configure_logging()
+
+    config = ml_collections.ConfigDict(json.load(open(sys.argv[1])))
+    workdir, kill_at = sys.argv[2], sys.argv[3]
+
+    def die():
+      os.kill(os.getpid(), signal.SIGKILL)
+
+    if kill_at == "cache_build":
+      in_order = cache._in_order
+      def dying_in_order(*args, **kwargs):
+        for i, item in enumerate(in_order(*args, **kwargs)):
+          if i == 20:
+            die()
+          yield item
+      cache._in_order = dying_in_order
+    elif kill_at == "checkpoint_save":
+      save = checkpoint.save
+      def dying_save(mngr, epoch, state):
+        save(mngr, epoch, state)  # Orbax goes on writing in the background.
+        if epoch == 4:
+          die()
+      checkpoint.save = dying_save
+    elif kill_at == "epoch":
+      write = metric_log.MetricWriter.write
+      def dying_write(self, record, step=None):
+        if record.get("epoch") == 3:
+          die()
+        write(self, record, step)
+      metric_log.MetricWriter.write = dying_write
+    elif kill_at == "result_write":
+      replace = os.replace
+      def dying_replace(src, dst):
+        if str(dst).endswith("result.csv"):
+          die()
+        replace(src, dst)
+      os.replace = dying_replace
+      from aeasd_jax import evaluation
+      evaluation.evaluate(workdir)
+      sys.exit(0)
+    train.train_and_evaluate(config, workdir)
+""")
+
+
+def _child(config_file, workdir, kill_at):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return subprocess.run(
+      [sys.executable, "-c", _CHILD, str(config_file), str(workdir), kill_at],
+      env=env, cwd=repo, capture_output=True, text=True, timeout=300)
+
+
+def _latest(workdir):
+  config = workdir_files.load_config(workdir)
+  state = evaluation.load_weights(config, workdir,
+                                  evaluation.load_groups(workdir), "latest")
+  return state[1], state[2]
+
+
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory, tiny_root):
+  from configs import default  # pylint: disable=g-import-not-at-top
+  base = tmp_path_factory.mktemp("kill")
+  config = default.get_config()
+  config.data.root = str(tiny_root)
+  config.data.cache_dir = str(base / "cache")
+  config.compile_cache_dir = str(base / "jax_cache")
+  config.features.n_mels = 16
+  config.model.hidden = 16
+  config.model.depth = 1
+  config.model.bottleneck = 4
+  config.train.epochs = 4
+  config.train.batch_size = 64
+  config.train.checkpoint_every = 2
+  config.score.batch_windows = 256
+  config_file = base / "config.json"
+  config_file.write_text(config.to_json())
+  straight = base / "straight"
+  assert _child(config_file, straight, "none").returncode == 0
+  return base, config_file, _latest(straight)
+
+
+@pytest.mark.parametrize("kill_at", ["cache_build", "checkpoint_save",
+                                     "epoch"])
+def test_killed_training_resumes_to_the_same_parameters(setting, kill_at):
+  base, config_file, expected = setting
+  config = json.loads(config_file.read_text())
+  # A fresh feature cache, so the cache build itself is what gets killed.
+  config["data"]["cache_dir"] = str(base / f"cache_{kill_at}")
+  killed_config = base / f"config_{kill_at}.json"
+  killed_config.write_text(json.dumps(config))
+  workdir = base / kill_at
+  killed = _child(killed_config, workdir, kill_at)
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+  if kill_at == "cache_build":
+    features = base / f"cache_{kill_at}" / "features"
+    assert not [p for p in features.iterdir() if not p.name.startswith(".")]
+  # Orbax finalises a save by renaming its folder to the bare epoch number;
+  # anything else is a save the kill interrupted.
+  complete = [int(p.name) for p in (workdir / "checkpoints").glob("*")
+              if p.name.isdigit()] if (workdir / "checkpoints").exists() else []
+  rerun = _child(killed_config, workdir, "none")
+  assert rerun.returncode == 0, rerun.stderr[-2000:]
+  if complete:
+    assert f"resuming from epoch {max(complete)} " in rerun.stderr
+  else:
+    assert "resuming" not in rerun.stderr
+  chex.assert_trees_all_equal(_latest(workdir), expected)
+  if kill_at == "cache_build":
+    leftovers = list((base / f"cache_{kill_at}" / "features").glob(".tmp-*"))
+    assert not leftovers
+
+
+def test_killed_evaluation_leaves_previous_results_intact(setting):
+  base, config_file, _ = setting
+  workdir = base / "straight"
+  evaluation.evaluate(workdir)
+  result = workdir / "results" / "result.csv"
+  before = result.read_bytes()
+  # Different results would be written: evaluate the latest weights instead.
+  killed = _child(config_file, workdir, "result_write")
+  assert killed.returncode == -signal.SIGKILL
+  assert result.read_bytes() == before
+  results.read_result_csv(result)
