@@ -44,6 +44,9 @@ def compilation_cache_entries():
 def initialize_distributed(coordinator_address, num_processes, process_id):
   """jax.distributed.initialize when a coordinator is given (multi-host)."""
   if coordinator_address:
+    # CPU collectives across processes need gloo; GPUs and TPUs bring their
+    # own (NCCL, ICI) and ignore this setting.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes,
                                process_id=process_id)

@@ -243,11 +243,15 @@ class Trainer:
     config_check.check_devices(config, self.mesh.devices.size)
     self.setup = make_setup(config, group_names, self.mesh)
     self.replicated = NamedSharding(self.mesh, P())
-    self.windows = jax.device_put(host_windows, self.replicated)
+    self.windows = jax.tree.map(
+        functools.partial(jax.make_array_from_process_local_data,
+                          self.replicated), host_windows)
     self.epoch_fn = jax.jit(functools.partial(run_epoch, self.setup),
                             donate_argnums=0)
     self.keep_best_fn = jax.jit(keep_best, donate_argnums=0)
-    self.keys = model_keys(config.seed, group_names, config.train.num_seeds)
+    # NumPy, so that every process passes the same replicated value.
+    self.keys = np.asarray(model_keys(config.seed, group_names,
+                                      config.train.num_seeds))
 
   def init_state(self):
     init = jax.jit(functools.partial(init_state, self.setup),
@@ -257,6 +261,15 @@ class Trainer:
   def abstract_state(self):
     return jax.eval_shape(functools.partial(init_state, self.setup),
                           self.keys)
+
+
+def local_copy(tree):
+  """This process's copy of replicated arrays, usable outside the mesh.
+
+  With several processes the mesh spans devices this process cannot read;
+  every one of its devices holds the whole replicated value.
+  """
+  return jax.tree.map(lambda x: x.addressable_data(0), tree)
 
 
 def abstract_with_sharding(abstract, sharding):
@@ -343,11 +356,11 @@ def train_and_evaluate(config, workdir):
   for epoch in range(int(state["epoch"]) + 1, config.train.epochs + 1):
     with timer.phase("train") as elapsed:
       state, metrics = epoch_program(state, trainer.windows)
-      metrics = jax.device_get(metrics)
+      metrics = jax.device_get(local_copy(metrics))
     _finite_or_raise(metrics, setup, epoch, last_saved)
     selection = _selection_metric(config, metrics, epoch,
-                                  lambda: score_dev_auc(state))
-    state = trainer.keep_best_fn(state, jnp.asarray(selection, jnp.float32))
+                                  lambda: score_dev_auc(local_copy(state)))
+    state = trainer.keep_best_fn(state, np.asarray(selection, np.float32))
     rate = samples_per_epoch / elapsed()
     writer.write({"epoch": epoch, "samples_per_s": rate,
                   **{k: dict(zip(setup.model_names, map(float, metrics[k])))
@@ -364,9 +377,10 @@ def train_and_evaluate(config, workdir):
   with timer.phase("checkpoint"):
     mngr.wait_until_finished()
   with timer.phase("thresholds"):
+    best = local_copy(state["best"])
     evaluation.fit_thresholds(
-        config, workdir, features, groups, setup, state["best"]["params"],
-        state["best"]["batch_stats"], f"best@{int(state['epoch'])}")
+        config, workdir, features, groups, setup, best["params"],
+        best["batch_stats"], f"best@{int(state['epoch'])}")
   writer.write({"timing_s": timer.totals(), "compile": timer.notes["compile"]})
   log.info("time: %s", timer.summary())
   writer.close()

@@ -10,6 +10,7 @@ import os
 import pathlib
 import tempfile
 
+import jax
 import ml_collections
 
 from aeasd_jax.errors import AeasdError
@@ -40,6 +41,11 @@ def atomic_open(path, mode="w"):
 
 
 def write_text(path, text):
+  """Atomically writes `text` to `path`, from process 0 only."""
+  # In a multi-process run every process computes the same results; one
+  # writer keeps a shared filesystem consistent.
+  if jax.process_index() != 0:
+    return
   try:
     with atomic_open(path) as f:
       f.write(text)

@@ -255,3 +255,17 @@ def test_checkpoint_choice_errors(trained):
     evaluation.evaluate(workdir, which="newest")
   with pytest.raises(AeasdError, match="no checkpoint for epoch 99"):
     evaluation.evaluate(workdir, which="99")
+
+
+def test_plots_are_written_or_need_the_plot_extra(trained):
+  _, workdir, _ = trained
+  try:
+    import matplotlib  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    with pytest.raises(AeasdError, match=r"pip install -e \.\[plot\]"):
+      evaluation.evaluate(workdir, plots=True)
+    return
+  evaluation.evaluate(workdir, plots=True)
+  for machine_type in ("fan", "slider", "valve"):
+    png = workdir / "results" / f"plot_{machine_type}.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

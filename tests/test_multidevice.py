@@ -1,32 +1,54 @@
-"""Data parallelism: 8 CPU devices train the same parameters as 1 device.
+"""Data parallelism: 8 CPU devices, and 2 processes x 4 devices, equal 1 device.
 
-The 8-device run needs XLA_FLAGS before jax is imported, so it runs in a
-subprocess; this process (1 device) runs the reference.
+Device counts must be set before jax is imported, so those runs are
+subprocesses; this process (1 device) runs the reference.
 """
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
 
 import chex
 import jax
+import pytest
 
 from aeasd_jax import evaluation
 from aeasd_jax import train
 from aeasd_jax import workdir_files
 
-_EIGHT_DEVICE_RUN = textwrap.dedent("""
-    import sys
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_RUN = textwrap.dedent("""
+    import json, sys
     import jax
+    from aeasd_jax import runtime
+    coordinator, num_processes, process_id = sys.argv[3:6]
+    runtime.initialize_distributed(coordinator or None, int(num_processes),
+                                   int(process_id))
     jax.config.update("jax_disable_most_optimizations", True)
     assert jax.device_count() == 8, jax.devices()
-    import json
     import ml_collections
     from aeasd_jax import train
     config = ml_collections.ConfigDict(json.load(open(sys.argv[1])))
     train.train_and_evaluate(config, sys.argv[2])
 """)
+
+
+def _start(config_file, workdir, devices, coordinator="", num_processes=1,
+           process_id=0):
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return subprocess.Popen(
+      [sys.executable, "-c", _RUN, str(config_file), str(workdir), coordinator,
+       str(num_processes), str(process_id)], env=env, cwd=REPO,
+      stderr=subprocess.PIPE, text=True)
+
+
+def _wait(process):
+  _, stderr = process.communicate(timeout=300)
+  assert process.returncode == 0, stderr[-3000:]
 
 
 def _latest(workdir):
@@ -36,24 +58,52 @@ def _latest(workdir):
   return params, batch_stats
 
 
-def test_eight_devices_equal_one(tiny_config, tmp_path):
-  assert jax.device_count() == 1
-  # See test_train.ADAM_EPS_FOR_EQUIVALENCE: the sharded program sums the
-  # batch in another order.
-  tiny_config.train.adam_eps = 1e-3
-  tiny_config.train.num_seeds = 2
-  train.train_and_evaluate(tiny_config, tmp_path / "one")
-  config_file = tmp_path / "config.json"
-  config_file.write_text(tiny_config.to_json())
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  subprocess.run(
-      [sys.executable, "-c", _EIGHT_DEVICE_RUN, str(config_file),
-       str(tmp_path / "eight")], check=True, env=env, cwd=repo)
-  (params_one, stats_one), (params_eight, stats_eight) = (
-      _latest(tmp_path / "one"), _latest(tmp_path / "eight"))
-  chex.assert_trees_all_close(params_one, params_eight, atol=1e-5, rtol=1e-5)
+def _assert_same_training(a, b):
+  (params_a, stats_a), (params_b, stats_b) = a, b
+  chex.assert_trees_all_close(params_a, params_b, atol=1e-5, rtol=1e-5)
   # Running means average activations of raw dB features (magnitude ~100),
   # which scale the parameters' rounding differences up by that much.
-  chex.assert_trees_all_close(stats_one, stats_eight, atol=1e-4, rtol=1e-4)
+  chex.assert_trees_all_close(stats_a, stats_b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_root, session_cache_dir):
+  """The same tiny training on 1 device, 8 devices, and 2 processes x 4."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.data.root = str(tiny_root)
+  config.data.cache_dir = str(session_cache_dir)
+  config.compile_cache_dir = "off"
+  config.features.n_mels = 16
+  config.model.hidden = 16
+  config.model.depth = 2
+  config.model.bottleneck = 4
+  config.train.epochs = 2
+  config.train.batch_size = 64
+  config.train.num_seeds = 2
+  config.score.batch_windows = 256
+  # See test_train.ADAM_EPS_FOR_EQUIVALENCE: the sharded program sums the
+  # batch in another order.
+  config.train.adam_eps = 1e-3
+  base = tmp_path_factory.mktemp("devices")
+  config_file = base / "config.json"
+  config_file.write_text(config.to_json())
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    coordinator = f"127.0.0.1:{s.getsockname()[1]}"
+  eight = _start(config_file, base / "eight", 8)
+  pair = [_start(config_file, base / "pair", 4, coordinator, 2, i)
+          for i in range(2)]
+  assert jax.device_count() == 1
+  train.train_and_evaluate(config, base / "one")
+  for process in [eight, *pair]:
+    _wait(process)
+  return {name: _latest(base / name) for name in ("one", "eight", "pair")}
+
+
+def test_eight_devices_equal_one(runs):
+  _assert_same_training(runs["one"], runs["eight"])
+
+
+def test_two_processes_of_four_devices_equal_one_process_of_eight(runs):
+  _assert_same_training(runs["eight"], runs["pair"])
