@@ -8,6 +8,8 @@ training on dev train plus the additional (eval) train data when present.
 import ml_collections
 from ml_collections import config_dict
 
+from aeasd_jax import synth
+
 
 def get_config():
   config = ml_collections.ConfigDict()
@@ -29,14 +31,18 @@ def get_config():
   config.data.cache_dir = ""
   config.data.resample = False  # Resample other rates instead of refusing.
   config.data.skip_bad_files = False  # Leave bad files out, with a report.
+  # None: keep the training frames on the devices when they fit in half the
+  # free device memory, else stream them; True or False forces the choice.
+  config.data.device_resident = config_dict.placeholder(bool)
+  config.data.stream_chunk_clips = 256  # Clips per group per streamed chunk.
   config.data.decode_workers = 8
   config.data.feature_batch = 64  # Clips per log-mel call while caching.
 
   # The bundled dataset, used when data.root is empty (aeasd_jax/synth.py).
   config.synth = ml_collections.ConfigDict()
   config.synth.seed = 0
-  config.synth.clips_per_id = 24
-  config.synth.seconds = 2.0
+  config.synth.clips_per_id = synth.DEFAULT_CLIPS_PER_ID
+  config.synth.seconds = synth.DEFAULT_SECONDS
 
   # features.log_mel arguments; the defaults are the DCASE baseline's.
   config.features = ml_collections.ConfigDict()
