@@ -46,6 +46,7 @@ def check_config(config):
                   "train.checkpoint_every", "train.keep_checkpoints",
                   "train.log_every", "score.batch_windows",
                   "data.decode_workers", "data.feature_batch",
+                  "data.stream_chunk_clips",
                   "synth.clips_per_id"):
     _positive_int(config, setting)
   _choice(config, "model.name", set(models.MODELS))

@@ -92,42 +92,96 @@ def window_starts(lengths, frames_per_window):
        for o, n in zip(offsets, lengths)] or [np.zeros(0, np.int64)])
 
 
-def _padded_rows(rows):
-  width = max(1, max(len(r) for r in rows))
+def window_count(cache, clips, frames_per_window):
+  """How many windows the given cached clips hold."""
+  return int(np.maximum(cache.lengths[np.asarray(clips, np.int64)]
+                        - frames_per_window + 1, 0).sum())
+
+
+def _padded_rows(rows, width=1):
+  width = max(width, max(len(r) for r in rows))
   out = np.zeros((len(rows), width), np.int32)
   for i, r in enumerate(rows):
     out[i, :len(r)] = r
   return out, np.asarray([len(r) for r in rows], np.int32)
 
 
-def gather_host_windows(cache, groups, frames_per_window):
-  """Host arrays for WindowData: the frames of train and val clips, once.
+def host_windows(cache, train_lists, val_lists, frames_per_window, *,
+                 min_frames=0, min_windows=0):
+  """Host WindowData for per-group lists of cached clip indices.
+
+  Args:
+    cache: the FeatureCache.
+    train_lists: one sequence of clip indices per group, for training.
+    val_lists: the same for validation.
+    frames_per_window: frames per vector.
+    min_frames: pad the frame array to at least this many rows, so that
+      chunks of a streamed epoch share one compiled program.
+    min_windows: pad the training start rows to at least this width.
 
   Returns:
-    A WindowData of NumPy arrays, ready for jax.device_put.
+    A WindowData of NumPy arrays, ready to be put on the devices.
   """
-  order = [c for g in groups for c in (*g.train_clips, *g.val_clips)]
+  lists = [list(clips) for clips in (*train_lists, *val_lists)]
+  order = [c for clips in lists for c in clips]
   lengths = cache.lengths[order]
   if np.any(lengths < frames_per_window):
     short = [cache.clips[c].path for c in order
              if cache.lengths[c] < frames_per_window]
     raise AeasdError(f"{short[0]} (and {len(short) - 1} more): fewer than"
                      f" {frames_per_window} frames; expected longer clips")
-  frames = np.concatenate([cache.clip_frames(c) for c in order])
+  n_mels = cache.frames.shape[1]
+  frames = np.zeros((max(min_frames, int(lengths.sum())), n_mels), np.float32)
+  offset = 0
+  for c in order:
+    frames[offset:offset + cache.lengths[c]] = cache.clip_frames(c)
+    offset += cache.lengths[c]
   starts = window_starts(lengths, frames_per_window)
-  windows_per_clip = lengths - frames_per_window + 1
-  clip_end = np.cumsum(windows_per_clip)
-  train_rows, val_rows, clip = [], [], 0
+  clip_end = np.concatenate([[0], np.cumsum(lengths - frames_per_window + 1)])
+  clip_count = np.concatenate([[0], np.cumsum([len(l) for l in lists])])
+  rows = [starts[clip_end[a]:clip_end[b]]
+          for a, b in zip(clip_count[:-1], clip_count[1:])]
+  train_starts, train_counts = _padded_rows(rows[:len(train_lists)],
+                                            min_windows)
+  val_starts, val_counts = _padded_rows(rows[len(train_lists):])
+  return WindowData(frames, train_starts, train_counts, val_starts, val_counts)
+
+
+def gather_host_windows(cache, groups, frames_per_window):
+  """Host WindowData of every group's training and validation clips."""
+  return host_windows(cache, [g.train_clips for g in groups],
+                      [g.val_clips for g in groups], frames_per_window)
+
+
+def stream_chunks(cache, groups, frames_per_window, chunk_clips, epoch, seed):
+  """The training clips of one epoch, as host WindowData chunks.
+
+  Shuffle semantics: every epoch each group's training clips are put in a
+  fresh random order and cut into chunks of `chunk_clips` clips; the epoch
+  visits the chunks in that order, and the windows inside a chunk are
+  shuffled on the device. So a window meets only windows of the same chunk
+  in a batch, and the remainder of each chunk smaller than a batch is left
+  out of that epoch. All chunks share one shape (one compiled program).
+
+  Yields:
+    WindowData with training windows only.
+  """
+  train_lengths = [cache.lengths[c] for g in groups for c in g.train_clips]
+  longest = int(max(train_lengths))
+  chunks_of = []
   for g in groups:
-    for clips, rows in ((g.train_clips, train_rows), (g.val_clips, val_rows)):
-      first = clip_end[clip - 1] if clip else 0
-      clip += len(clips)
-      last = clip_end[clip - 1] if clip else 0
-      rows.append(starts[first:last])
-  train_starts, train_counts = _padded_rows(train_rows)
-  val_starts, val_counts = _padded_rows(val_rows)
-  return WindowData(frames.astype(np.float32), train_starts, train_counts,
-                    val_starts, val_counts)
+    rng = np.random.default_rng([seed, stable_hash(g.name), epoch])
+    order = rng.permutation(g.train_clips)
+    chunks_of.append([order[i:i + chunk_clips]
+                      for i in range(0, len(order), chunk_clips)])
+  num_chunks = max(len(chunks) for chunks in chunks_of)
+  empty = np.zeros(0, np.int64)
+  for c in range(num_chunks):
+    lists = [chunks[c] if c < len(chunks) else empty for chunks in chunks_of]
+    yield host_windows(
+        cache, lists, [empty] * len(groups), frames_per_window,
+        min_frames=len(groups) * chunk_clips * longest,
+        min_windows=chunk_clips * (longest - frames_per_window + 1))
 
 
 def gather_windows(frames, starts, frames_per_window):

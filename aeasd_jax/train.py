@@ -8,6 +8,8 @@ import dataclasses
 import functools
 import json
 import logging
+import queue
+import threading
 from typing import Any, Callable
 
 import jax
@@ -134,21 +136,29 @@ def _shuffled_starts(key, starts, count):
   return starts[jnp.argsort(noise)]
 
 
-def run_epoch(setup, state, windows):
-  """One epoch of every model: a single lax.scan over the batches.
+def train_pass(setup, state, totals, windows, part):
+  """Every model's steps over the training windows of one WindowData.
 
-  Each model draws a fresh permutation of its group's (clip, start frame)
-  positions; the remainder smaller than a batch is skipped, and a group with
-  fewer batches than the largest takes masked no-op steps, so it trains
-  exactly its own epochs.
+  A single lax.scan over the batches. Each model draws a fresh permutation of
+  its group's (clip, start frame) positions; the remainder smaller than a
+  batch is skipped, and a group with fewer batches than the largest takes
+  masked no-op steps, so it trains exactly its own epochs.
+
+  Args:
+    setup: the run's Setup.
+    state: the training state; its epoch is not advanced here.
+    totals: running per-model sums (loss, steps, finite) of this epoch.
+    windows: the WindowData to train on (all of it, or a streamed chunk).
+    part: which chunk of the epoch this is (0 when resident), so that every
+      chunk draws its own permutation.
 
   Returns:
-    (state, metrics) with per-model train_loss, val_loss and finite.
+    (state, totals)
   """
   keys = jax.random.wrap_key_data(state["keys"])
-  epoch_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, state["epoch"])
-  shuffle_keys = jax.vmap(jax.random.fold_in, (0, None))(epoch_keys, 0)
-  step_keys = jax.vmap(jax.random.fold_in, (0, None))(epoch_keys, 1)
+  fold = jax.vmap(jax.random.fold_in, (0, None))
+  pass_keys = fold(fold(keys, state["epoch"]), part)
+  shuffle_keys, step_keys = fold(pass_keys, 0), fold(pass_keys, 1)
   group = jnp.asarray(setup.group_of_model)
   starts = windows.train_starts[group]
   counts = windows.train_counts[group]
@@ -165,9 +175,8 @@ def run_epoch(setup, state, windows):
     batch_starts, step_active, step = xs
     window = data.gather_windows(windows.frames, batch_starts,
                                  setup.frames_per_window)
-    keys = jax.vmap(jax.random.fold_in, (0, None))(step_keys, step)
     new = jax.vmap(functools.partial(train_step, setup))(
-        params, batch_stats, opt_state, window, keys)
+        params, batch_stats, opt_state, window, fold(step_keys, step))
     new_carry, metrics = new[:3], new[3]
 
     def keep_if_inactive(updated, old):
@@ -179,14 +188,40 @@ def run_epoch(setup, state, windows):
   carry = (state["params"], state["batch_stats"], state["opt_state"])
   (params, batch_stats, opt_state), metrics = jax.lax.scan(
       body, carry, (order, active, jnp.arange(num_steps)))
-  steps_taken = jnp.maximum(jnp.sum(active, 0), 1)
-  train_loss = jnp.sum(jnp.where(active, metrics["loss"], 0.0), 0) / steps_taken
-  finite = jnp.all(metrics["finite"] | ~active, 0)
+  totals = {
+      "loss": totals["loss"] + jnp.sum(jnp.where(active, metrics["loss"], 0), 0),
+      "steps": totals["steps"] + jnp.sum(active, 0),
+      "finite": totals["finite"] & jnp.all(metrics["finite"] | ~active, 0)}
   state = {**state, "params": params, "batch_stats": batch_stats,
-           "opt_state": opt_state, "epoch": state["epoch"] + 1}
-  val_loss = validation_loss(setup, params, batch_stats, windows)
-  return state, {"train_loss": train_loss, "val_loss": val_loss,
-                 "finite": finite}
+           "opt_state": opt_state}
+  return state, totals
+
+
+def empty_totals(num_models):
+  return {"loss": jnp.zeros(num_models, jnp.float32),
+          "steps": jnp.zeros(num_models, jnp.int32),
+          "finite": jnp.ones(num_models, bool)}
+
+
+def finish_epoch(setup, state, totals, val_windows):
+  """Advances the epoch and computes its metrics, validation included.
+
+  Returns:
+    (state, metrics) with per-model train_loss, val_loss and finite.
+  """
+  val_loss = validation_loss(setup, state["params"], state["batch_stats"],
+                             val_windows)
+  state = {**state, "epoch": state["epoch"] + 1}
+  return state, {"train_loss": totals["loss"] / jnp.maximum(totals["steps"], 1),
+                 "val_loss": val_loss, "finite": totals["finite"],
+                 "steps": totals["steps"]}
+
+
+def run_epoch(setup, state, windows):
+  """One epoch on device-resident windows: one program, one scan."""
+  totals = empty_totals(len(setup.model_names))
+  state, totals = train_pass(setup, state, totals, windows, 0)
+  return finish_epoch(setup, state, totals, windows)
 
 
 def validation_loss(setup, params, batch_stats, windows):
@@ -236,22 +271,48 @@ def keep_best(state, metric):
 
 
 class Trainer:
-  """Places data and state on the mesh and owns the compiled programs."""
+  """Places data and state on the mesh and owns the compiled programs.
 
-  def __init__(self, config, group_names, host_windows, mesh=None):
+  Resident mode keeps every training window on the devices and runs an epoch
+  as one program. Streaming mode (`chunks` given) keeps only the validation
+  windows there and feeds each epoch's training clips chunk by chunk, the
+  next chunk prepared and copied while the devices train on the current one.
+  """
+
+  def __init__(self, config, group_names, host_windows, mesh=None,
+               chunks=None):
+    """Args:
+
+      config: the run's config.
+      group_names: the groups, in model order.
+      host_windows: host WindowData; validation windows only when streaming.
+      mesh: the device mesh (default: every device, axis "data").
+      chunks: for streaming, a function epoch -> iterable of host WindowData
+        of that epoch's training windows, all of one shape.
+    """
     self.mesh = mesh or jax.sharding.Mesh(np.array(jax.devices()), ("data",))
     config_check.check_devices(config, self.mesh.devices.size)
     self.setup = make_setup(config, group_names, self.mesh)
     self.replicated = NamedSharding(self.mesh, P())
-    self.windows = jax.tree.map(
-        functools.partial(jax.make_array_from_process_local_data,
-                          self.replicated), host_windows)
+    self.windows = self.put(host_windows)
+    self.chunks = chunks
     self.epoch_fn = jax.jit(functools.partial(run_epoch, self.setup),
                             donate_argnums=0)
+    self.pass_fn = jax.jit(functools.partial(train_pass, self.setup),
+                           donate_argnums=(0, 1))
+    self.finish_fn = jax.jit(functools.partial(finish_epoch, self.setup),
+                             donate_argnums=(0, 1))
     self.keep_best_fn = jax.jit(keep_best, donate_argnums=0)
     # NumPy, so that every process passes the same replicated value.
     self.keys = np.asarray(model_keys(config.seed, group_names,
                                       config.train.num_seeds))
+    self.programs = None
+
+  def put(self, host_tree):
+    """Host arrays, replicated on every device of the mesh."""
+    return jax.tree.map(
+        functools.partial(jax.make_array_from_process_local_data,
+                          self.replicated), host_tree)
 
   def init_state(self):
     init = jax.jit(functools.partial(init_state, self.setup),
@@ -259,8 +320,65 @@ class Trainer:
     return init(self.keys)
 
   def abstract_state(self):
-    return jax.eval_shape(functools.partial(init_state, self.setup),
-                          self.keys)
+    """The state's shapes and shardings, for compiling and restoring."""
+    return abstract_with_sharding(
+        jax.eval_shape(functools.partial(init_state, self.setup), self.keys),
+        self.replicated)
+
+  def compile(self):
+    """Compiles the epoch's programs ahead of time, from shapes alone."""
+    state = self.abstract_state()
+    if self.chunks is None:
+      self.programs = self.epoch_fn.lower(state, self.windows).compile()
+      return
+    totals = abstract_with_sharding(
+        jax.eval_shape(functools.partial(empty_totals,
+                                         len(self.setup.model_names))),
+        self.replicated)
+    chunk = abstract_with_sharding(
+        jax.eval_shape(lambda x: x, next(iter(self.chunks(0)))),
+        self.replicated)
+    self.programs = (
+        self.pass_fn.lower(state, totals, chunk, np.int32(0)).compile(),
+        self.finish_fn.lower(state, totals, self.windows).compile())
+
+  def epoch(self, state):
+    """Runs one epoch of every model; returns (state, device metrics)."""
+    if self.chunks is None:
+      return self.programs(state, self.windows)
+    pass_program, finish_program = self.programs
+    totals = self.put(jax.device_get(
+        empty_totals(len(self.setup.model_names))))
+    chunks = self.chunks(int(state["epoch"]))
+    for part, chunk in enumerate(prefetch(chunks, self.put)):
+      state, totals = pass_program(state, totals, chunk, np.int32(part))
+    return finish_program(state, totals, self.windows)
+
+
+def prefetch(items, put, depth=2):
+  """Yields put(item) for each item, preparing the next ones on a thread.
+
+  With depth 2 the next chunk is gathered on the host and copied to the
+  devices while the current one trains (double buffering).
+  """
+  ready = queue.Queue(maxsize=depth)
+  done = object()
+
+  def produce():
+    try:
+      for item in items:
+        ready.put(put(item))
+      ready.put(done)
+    except BaseException as e:  # pylint: disable=broad-except
+      ready.put(e)
+
+  thread = threading.Thread(target=produce, daemon=True)
+  thread.start()
+  while (item := ready.get()) is not done:
+    if isinstance(item, BaseException):
+      raise item
+    yield item
+  thread.join()
 
 
 def local_copy(tree):
@@ -278,14 +396,36 @@ def abstract_with_sharding(abstract, sharding):
       abstract)
 
 
-def check_group_sizes(groups, host_windows, batch_size):
+def check_group_sizes(groups, train_counts, batch_size):
   """Each group needs at least one full batch of training windows."""
-  for group, count in zip(groups, host_windows.train_counts):
+  for group, count in zip(groups, train_counts):
     if count < batch_size:
       raise AeasdError(
           f"group {group.name} has {count} training vectors, fewer than"
           f" config.train.batch_size={batch_size}; expected a smaller batch"
           " size or more training clips")
+
+
+def _device_resident(config, features, groups):
+  """Whether the training frames stay on the devices, or are streamed.
+
+  config.data.device_resident decides; when unset, resident is chosen when
+  the frames take at most half the free memory of a device (the rest is for
+  the programs), and always where the backend reports no memory figures.
+  """
+  clips = [c for g in groups for c in (*g.train_clips, *g.val_clips)]
+  needed = int(features.lengths[clips].sum()) * features.frames.shape[1] * 4
+  if config.data.device_resident is not None:
+    return config.data.device_resident
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if "bytes_limit" not in stats:
+    return True
+  free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+  resident = needed <= free // 2
+  log.info("training frames take %.2f GB, the device has %.2f GB free:"
+           " %s", needed / 1e9, free / 1e9,
+           "keeping them on the device" if resident else "streaming them")
+  return resident
 
 
 def _finite_or_raise(metrics, setup, epoch, last_saved):
@@ -322,19 +462,29 @@ def train_and_evaluate(config, workdir):
   workdir = workdir_files.prepare(workdir, config)
   with timer.phase("features"):
     features, groups = dataset.load(config)
-    host_windows = data.gather_host_windows(features, groups,
-                                            config.model.frames)
-  check_group_sizes(groups, host_windows, config.train.batch_size)
+    frames = config.model.frames
+    check_group_sizes(
+        groups, [data.window_count(features, g.train_clips, frames)
+                 for g in groups], config.train.batch_size)
+    if _device_resident(config, features, groups):
+      trainer_args = dict(
+          host_windows=data.gather_host_windows(features, groups, frames))
+    else:
+      trainer_args = dict(
+          host_windows=data.host_windows(
+              features, [[]] * len(groups), [g.val_clips for g in groups],
+              frames),
+          chunks=functools.partial(
+              data.stream_chunks, features, groups, frames,
+              config.data.stream_chunk_clips, seed=config.seed))
   group_names = [g.name for g in groups]
   workdir_files.write_text(workdir / GROUPS_FILE, json.dumps(group_names))
-  trainer = Trainer(config, group_names, host_windows)
+  trainer = Trainer(config, group_names, **trainer_args)
   setup = trainer.setup
   mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
   with timer.phase("compile"):
     cached_before = runtime.compilation_cache_entries()
-    abstract = abstract_with_sharding(trainer.abstract_state(),
-                                      trainer.replicated)
-    epoch_program = trainer.epoch_fn.lower(abstract, trainer.windows).compile()
+    trainer.compile()
     timer.notes["compile"] = (
         "cold" if runtime.compilation_cache_entries() > cached_before or
         not jax.config.jax_compilation_cache_dir else "warm")
@@ -342,26 +492,23 @@ def train_and_evaluate(config, workdir):
   if last_saved is None:
     state = trainer.init_state()
   else:
-    state = checkpoint.restore(mngr, abstract)
+    state = checkpoint.restore(mngr, trainer.abstract_state())
     log.info("resuming from epoch %d in %s", last_saved, mngr.directory)
   writer = metric_log.MetricWriter(workdir, config.train.tensorboard)
   log.info("training %d model(s) (%s) on %d device(s): %s",
                len(setup.model_names), config.model.name,
                trainer.mesh.devices.size, ", ".join(setup.model_names))
-  steps_per_model = host_windows.train_counts[setup.group_of_model] // (
-      config.train.batch_size)
-  samples_per_epoch = int(steps_per_model.sum()) * config.train.batch_size
   score_dev_auc = functools.partial(
       evaluation.dev_auc_per_model, config, features, groups, setup)
   for epoch in range(int(state["epoch"]) + 1, config.train.epochs + 1):
     with timer.phase("train") as elapsed:
-      state, metrics = epoch_program(state, trainer.windows)
+      state, metrics = trainer.epoch(state)
       metrics = jax.device_get(local_copy(metrics))
     _finite_or_raise(metrics, setup, epoch, last_saved)
     selection = _selection_metric(config, metrics, epoch,
                                   lambda: score_dev_auc(local_copy(state)))
     state = trainer.keep_best_fn(state, np.asarray(selection, np.float32))
-    rate = samples_per_epoch / elapsed()
+    rate = int(metrics["steps"].sum()) * config.train.batch_size / elapsed()
     writer.write({"epoch": epoch, "samples_per_s": rate,
                   **{k: dict(zip(setup.model_names, map(float, metrics[k])))
                      for k in ("train_loss", "val_loss")}}, step=epoch)
