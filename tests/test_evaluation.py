@@ -269,3 +269,16 @@ def test_plots_are_written_or_need_the_plot_extra(trained):
   for machine_type in ("fan", "slider", "valve"):
     png = workdir / "results" / f"plot_{machine_type}.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_checkpoint_of_another_config_is_refused(trained, tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  _, workdir, _ = trained
+  other = tmp_path / "other"
+  shutil.copytree(workdir, other)
+  config = json.loads((other / "config.json").read_text())
+  config["model"]["hidden"] = 32
+  (other / "config.json").write_text(json.dumps(config))
+  with pytest.raises(AeasdError, match="does not fit this config"):
+    evaluation.evaluate(other)
