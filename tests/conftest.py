@@ -16,7 +16,7 @@ import sys  # pylint: disable=g-import-not-at-top,wrong-import-position
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1]))
 
 from aeasd_jax import synth  # pylint: disable=g-import-not-at-top,wrong-import-position
-from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+import helpers  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 @pytest.fixture(scope="session")
@@ -33,20 +33,5 @@ def session_cache_dir(tmp_path_factory):
 
 @pytest.fixture
 def tiny_config(tiny_root, session_cache_dir):
-  """A fast config: a small network and few epochs on the tiny dataset.
-
-  Returns a fresh ConfigDict per test, so tests may change it freely.
-  """
-  config = default.get_config()
-  config.data.root = str(tiny_root)
-  config.data.cache_dir = str(session_cache_dir)
-  config.compile_cache_dir = "off"
-  config.features.n_mels = 16
-  config.model.hidden = 16
-  config.model.depth = 2
-  config.model.bottleneck = 4
-  config.train.epochs = 2
-  config.train.batch_size = 64
-  config.train.checkpoint_every = 1
-  config.score.batch_windows = 256
-  return config
+  """A fresh tiny config per test (helpers.tiny_config), free to change."""
+  return helpers.tiny_config(tiny_root, session_cache_dir)

@@ -1,7 +1,10 @@
 """Evaluation: scoring equivalences, DCASE file formats, thresholds, --wav."""
 
 import csv
+import importlib.util
+import json
 import pathlib
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +13,7 @@ import pytest
 import scipy.stats
 from sklearn import metrics as sk_metrics
 
+import helpers
 from aeasd_jax import data
 from aeasd_jax import dataset
 from aeasd_jax import evaluation
@@ -26,20 +30,10 @@ GROUND_TRUTH = (pathlib.Path(__file__).parents[2] / "shared" / "reference" /
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_root, session_cache_dir):
   """A tiny IDNN run with 2 seeds, evaluated once for the module."""
-  from configs import default  # pylint: disable=g-import-not-at-top
-  config = default.get_config()
-  config.data.root = str(tiny_root)
-  config.data.cache_dir = str(session_cache_dir)
-  config.compile_cache_dir = "off"
-  config.features.n_mels = 16
+  config = helpers.tiny_config(tiny_root, session_cache_dir)
   config.model.name = "IDNN"
-  config.model.hidden = 16
-  config.model.depth = 2
-  config.model.bottleneck = 4
   config.train.epochs = 3
-  config.train.batch_size = 64
   config.train.num_seeds = 2
-  config.score.batch_windows = 256
   workdir = tmp_path_factory.mktemp("run")
   train.train_and_evaluate(config, workdir)
   report = evaluation.evaluate(
@@ -259,9 +253,7 @@ def test_checkpoint_choice_errors(trained):
 
 def test_plots_are_written_or_need_the_plot_extra(trained):
   _, workdir, _ = trained
-  try:
-    import matplotlib  # pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
+  if importlib.util.find_spec("matplotlib") is None:
     with pytest.raises(AeasdError, match=r"pip install -e \.\[plot\]"):
       evaluation.evaluate(workdir, plots=True)
     return
@@ -272,8 +264,6 @@ def test_plots_are_written_or_need_the_plot_extra(trained):
 
 
 def test_checkpoint_of_another_config_is_refused(trained, tmp_path):
-  import json  # pylint: disable=g-import-not-at-top
-  import shutil  # pylint: disable=g-import-not-at-top
   _, workdir, _ = trained
   other = tmp_path / "other"
   shutil.copytree(workdir, other)

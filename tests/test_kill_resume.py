@@ -16,9 +16,9 @@ import textwrap
 import chex
 import pytest
 
+import helpers
 from aeasd_jax import evaluation
 from aeasd_jax import results
-from aeasd_jax import workdir_files
 
 _CHILD = textwrap.dedent("""
     import json, os, signal, sys
@@ -79,34 +79,21 @@ def _child(config_file, workdir, kill_at):
       env=env, cwd=repo, capture_output=True, text=True, timeout=300)
 
 
-def _latest(workdir):
-  config = workdir_files.load_config(workdir)
-  state = evaluation.load_weights(config, workdir,
-                                  evaluation.load_groups(workdir), "latest")
-  return state[1], state[2]
 
 
 @pytest.fixture(scope="module")
 def setting(tmp_path_factory, tiny_root):
-  from configs import default  # pylint: disable=g-import-not-at-top
   base = tmp_path_factory.mktemp("kill")
-  config = default.get_config()
-  config.data.root = str(tiny_root)
-  config.data.cache_dir = str(base / "cache")
+  config = helpers.tiny_config(tiny_root, base / "cache")
   config.compile_cache_dir = str(base / "jax_cache")
-  config.features.n_mels = 16
-  config.model.hidden = 16
   config.model.depth = 1
-  config.model.bottleneck = 4
   config.train.epochs = 4
-  config.train.batch_size = 64
   config.train.checkpoint_every = 2
-  config.score.batch_windows = 256
   config_file = base / "config.json"
   config_file.write_text(config.to_json())
   straight = base / "straight"
   assert _child(config_file, straight, "none").returncode == 0
-  return base, config_file, _latest(straight)
+  return base, config_file, helpers.latest_weights(straight)
 
 
 @pytest.mark.parametrize("kill_at", ["cache_build", "checkpoint_save",
@@ -134,7 +121,7 @@ def test_killed_training_resumes_to_the_same_parameters(setting, kill_at):
     assert f"resuming from epoch {max(complete)} " in rerun.stderr
   else:
     assert "resuming" not in rerun.stderr
-  chex.assert_trees_all_equal(_latest(workdir), expected)
+  chex.assert_trees_all_equal(helpers.latest_weights(workdir), expected)
   if kill_at == "cache_build":
     leftovers = list((base / f"cache_{kill_at}" / "features").glob(".tmp-*"))
     assert not leftovers

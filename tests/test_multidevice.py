@@ -14,9 +14,8 @@ import chex
 import jax
 import pytest
 
-from aeasd_jax import evaluation
+import helpers
 from aeasd_jax import train
-from aeasd_jax import workdir_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,11 +50,6 @@ def _wait(process):
   assert process.returncode == 0, stderr[-3000:]
 
 
-def _latest(workdir):
-  config = workdir_files.load_config(workdir)
-  _, params, batch_stats, _ = evaluation.load_weights(
-      config, workdir, evaluation.load_groups(workdir), "latest")
-  return params, batch_stats
 
 
 def _assert_same_training(a, b):
@@ -69,19 +63,8 @@ def _assert_same_training(a, b):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_root, session_cache_dir):
   """The same tiny training on 1 device, 8 devices, and 2 processes x 4."""
-  from configs import default  # pylint: disable=g-import-not-at-top
-  config = default.get_config()
-  config.data.root = str(tiny_root)
-  config.data.cache_dir = str(session_cache_dir)
-  config.compile_cache_dir = "off"
-  config.features.n_mels = 16
-  config.model.hidden = 16
-  config.model.depth = 2
-  config.model.bottleneck = 4
-  config.train.epochs = 2
-  config.train.batch_size = 64
+  config = helpers.tiny_config(tiny_root, session_cache_dir)
   config.train.num_seeds = 2
-  config.score.batch_windows = 256
   # See test_train.ADAM_EPS_FOR_EQUIVALENCE: the sharded program sums the
   # batch in another order.
   config.train.adam_eps = 1e-3
@@ -98,7 +81,7 @@ def runs(tmp_path_factory, tiny_root, session_cache_dir):
   train.train_and_evaluate(config, base / "one")
   for process in [eight, *pair]:
     _wait(process)
-  return {name: _latest(base / name) for name in ("one", "eight", "pair")}
+  return {name: helpers.latest_weights(base / name) for name in ("one", "eight", "pair")}
 
 
 def test_eight_devices_equal_one(runs):

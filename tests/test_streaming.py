@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+import helpers
 from aeasd_jax import data
 from aeasd_jax import dataset
 from aeasd_jax import train
@@ -17,15 +18,7 @@ def _curve(workdir, key):
 
 @pytest.fixture(scope="module")
 def curves(tmp_path_factory, tiny_root, session_cache_dir):
-  from configs import default  # pylint: disable=g-import-not-at-top
-  config = default.get_config()
-  config.data.root = str(tiny_root)
-  config.data.cache_dir = str(session_cache_dir)
-  config.compile_cache_dir = "off"
-  config.features.n_mels = 16
-  config.model.hidden = 16
-  config.model.depth = 2
-  config.model.bottleneck = 4
+  config = helpers.tiny_config(tiny_root, session_cache_dir)
   config.train.epochs = 6
   config.train.learning_rate = 3e-3  # Visible progress in 6 short epochs.
   config.train.batch_size = 32

@@ -1,5 +1,6 @@
 """The training engine: equivalences (vmap, resume), retracing, failures."""
 
+import json
 import shutil
 
 import chex
@@ -7,12 +8,11 @@ import jax
 import numpy as np
 import pytest
 
+import helpers
 from aeasd_jax import config_check
 from aeasd_jax import data
 from aeasd_jax import dataset
-from aeasd_jax import evaluation
 from aeasd_jax import train
-from aeasd_jax import workdir_files
 from aeasd_jax.errors import AeasdError
 
 
@@ -24,11 +24,6 @@ from aeasd_jax.errors import AeasdError
 ADAM_EPS_FOR_EQUIVALENCE = 1e-3
 
 
-def _latest(workdir):
-  config = workdir_files.load_config(workdir)
-  _, params, batch_stats, _ = evaluation.load_weights(
-      config, workdir, evaluation.load_groups(workdir), "latest")
-  return params, batch_stats
 
 
 def _model(tree, m):
@@ -39,7 +34,7 @@ def test_loss_falls_and_checkpoints_are_written(tiny_config, tmp_path):
   tiny_config.train.epochs = 4
   tiny_config.train.keep_checkpoints = 2
   train.train_and_evaluate(tiny_config, tmp_path)
-  records = [r for r in map(eval_json, (tmp_path / "metrics.jsonl").open())
+  records = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").open())
              if "epoch" in r]
   assert [r["epoch"] for r in records] == [1, 2, 3, 4]
   for name in records[0]["train_loss"]:
@@ -47,11 +42,6 @@ def test_loss_falls_and_checkpoints_are_written(tiny_config, tmp_path):
   steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()
                  if p.name.isdigit())
   assert steps == [3, 4]
-
-
-def eval_json(line):
-  import json  # pylint: disable=g-import-not-at-top
-  return json.loads(line)
 
 
 def test_resumed_run_equals_uninterrupted_run(tiny_config, tmp_path):
@@ -62,8 +52,8 @@ def test_resumed_run_equals_uninterrupted_run(tiny_config, tmp_path):
   tiny_config.train.epochs = 3
   train.train_and_evaluate(tiny_config, tmp_path / "resumed")
   # Bit for bit: the same compiled program on the same device.
-  chex.assert_trees_all_equal(_latest(tmp_path / "straight"),
-                              _latest(tmp_path / "resumed"))
+  chex.assert_trees_all_equal(helpers.latest_weights(tmp_path / "straight"),
+                              helpers.latest_weights(tmp_path / "resumed"))
 
 
 def test_training_groups_together_equals_training_each_alone(
@@ -81,11 +71,11 @@ def test_training_groups_together_equals_training_each_alone(
   tiny_config.train.adam_eps = ADAM_EPS_FOR_EQUIVALENCE
   tiny_config.data.machine_types = ("fan", "valve")
   train.train_and_evaluate(tiny_config, tmp_path / "together")
-  together = _latest(tmp_path / "together")
+  together = helpers.latest_weights(tmp_path / "together")
   for g, machine_type in enumerate(("fan", "valve")):
     tiny_config.data.machine_types = (machine_type,)
     train.train_and_evaluate(tiny_config, tmp_path / machine_type)
-    alone = _latest(tmp_path / machine_type)
+    alone = helpers.latest_weights(tmp_path / machine_type)
     for seed in range(2):
       chex.assert_trees_all_close(_model(together, 2 * g + seed),
                                   _model(alone, seed), atol=1e-5, rtol=1e-5)

@@ -1,0 +1,30 @@
+"""Helpers shared by test modules: the tiny config and reading trained weights."""
+
+from aeasd_jax import evaluation
+from aeasd_jax import workdir_files
+from configs import default
+
+
+def tiny_config(root, cache_dir):
+  """A fast config: a small network and few epochs on a small dataset."""
+  config = default.get_config()
+  config.data.root = str(root)
+  config.data.cache_dir = str(cache_dir)
+  config.compile_cache_dir = "off"
+  config.features.n_mels = 16
+  config.model.hidden = 16
+  config.model.depth = 2
+  config.model.bottleneck = 4
+  config.train.epochs = 2
+  config.train.batch_size = 64
+  config.train.checkpoint_every = 1
+  config.score.batch_windows = 256
+  return config
+
+
+def latest_weights(workdir):
+  """(params, batch_stats) of a workdir's latest checkpoint."""
+  config = workdir_files.load_config(workdir)
+  _, params, batch_stats, _ = evaluation.load_weights(
+      config, workdir, evaluation.load_groups(workdir), "latest")
+  return params, batch_stats
