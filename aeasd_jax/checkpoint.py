@@ -4,6 +4,7 @@ Orbax writes each step into a temporary folder and renames it when complete,
 so a crash during a save never leaves a step that restores.
 """
 
+import contextlib
 import pathlib
 
 import jax
@@ -20,13 +21,29 @@ def manager(workdir, keep=3):
 
 
 def save(mngr, epoch, state):
-  """Starts an asynchronous save of `state` as step `epoch`."""
-  try:
+  """Starts an asynchronous save of `state` as step `epoch`.
+
+  A failure of the previous save's background write surfaces here too.
+  """
+  with _write_errors(mngr, epoch):
     mngr.save(epoch, args=ocp.args.StandardSave(state))
+
+
+def wait(mngr):
+  """Waits for the background writes to finish, as before exiting."""
+  with _write_errors(mngr, mngr.latest_step()):
+    mngr.wait_until_finished()
+
+
+@contextlib.contextmanager
+def _write_errors(mngr, epoch):
+  try:
+    yield
   except OSError as e:
     raise AeasdError(f"cannot write checkpoint {epoch} under {mngr.directory}"
                      f" ({e.strerror or e}); expected a writable workdir with"
-                     " free space") from None
+                     " free space. Earlier complete checkpoints are kept"
+                     ) from None
 
 
 def restore(mngr, abstract_state, step=None):

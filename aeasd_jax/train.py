@@ -460,6 +460,7 @@ def train_and_evaluate(config, workdir):
   config_check.check_config(config)
   timer = metric_log.PhaseTimer()
   workdir = workdir_files.prepare(workdir, config)
+  writer = metric_log.MetricWriter(workdir, config.train.tensorboard)
   with timer.phase("features"):
     features, groups = dataset.load(config)
     frames = config.model.frames
@@ -494,7 +495,6 @@ def train_and_evaluate(config, workdir):
   else:
     state = checkpoint.restore(mngr, trainer.abstract_state())
     log.info("resuming from epoch %d in %s", last_saved, mngr.directory)
-  writer = metric_log.MetricWriter(workdir, config.train.tensorboard)
   log.info("training %d model(s) (%s) on %d device(s): %s",
                len(setup.model_names), config.model.name,
                trainer.mesh.devices.size, ", ".join(setup.model_names))
@@ -522,7 +522,7 @@ def train_and_evaluate(config, workdir):
         checkpoint.save(mngr, epoch, state)
         last_saved = epoch
   with timer.phase("checkpoint"):
-    mngr.wait_until_finished()
+    checkpoint.wait(mngr)
   with timer.phase("thresholds"):
     best = local_copy(state["best"])
     evaluation.fit_thresholds(

@@ -1,11 +1,15 @@
 """The training engine: equivalences (vmap, resume), retracing, failures."""
 
+import errno
+import importlib.util
 import json
+import os
 import shutil
 
 import chex
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 import helpers
@@ -151,4 +155,38 @@ def test_workdir_of_another_model_is_refused(tiny_config, tmp_path):
   train.train_and_evaluate(tiny_config, tmp_path)
   tiny_config.model.name = "IDNN"
   with pytest.raises(AeasdError, match=r"holds a run with model="):
+    train.train_and_evaluate(tiny_config, tmp_path)
+
+
+def test_disk_full_during_a_checkpoint_is_a_clear_error(tiny_config, tmp_path,
+                                                        monkeypatch):
+  tiny_config.train.epochs = 1
+  train.train_and_evaluate(tiny_config, tmp_path)
+
+  def full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
+  tiny_config.train.epochs = 2
+  with pytest.raises(AeasdError, match=r"cannot write checkpoint 2 .*No space"
+                     r" left on device.*Earlier complete checkpoints are kept"):
+    train.train_and_evaluate(tiny_config, tmp_path)
+  monkeypatch.undo()
+  assert helpers.latest_weights(tmp_path)  # Epoch 1 still restores.
+
+
+def test_read_only_workdir_is_refused(tiny_config, tmp_path, monkeypatch):
+  # Tests run as root, for whom permissions do not bind; ask as a user would.
+  real_access = os.access
+  monkeypatch.setattr(os, "access", lambda path, mode: False if str(
+      path) == str(tmp_path) and mode == os.W_OK else real_access(path, mode))
+  with pytest.raises(AeasdError, match=r"workdir .*: not writable"):
+    train.train_and_evaluate(tiny_config, tmp_path)
+
+
+def test_tensorboard_without_its_extra_says_which_extra(tiny_config, tmp_path):
+  if importlib.util.find_spec("tensorboardX") is not None:
+    pytest.skip("tensorboardX is installed")
+  tiny_config.train.tensorboard = True
+  with pytest.raises(AeasdError, match=r"pip install -e \.\[tensorboard\]"):
     train.train_and_evaluate(tiny_config, tmp_path)
