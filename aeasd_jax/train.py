@@ -441,16 +441,47 @@ def _finite_or_raise(metrics, setup, epoch, last_saved):
 
 
 def _selection_metric(config, metrics, epoch, score_dev_auc):
-  """Lower is better; +inf leaves a model's best weights unchanged."""
+  """Lower is better; +inf leaves a model's best weights unchanged.
+
+  With select_by="dev_auc" (AE-ASD's choice, which peeks at labelled test
+  data) the dev test AUC is also recorded in `metrics`.
+  """
   if config.train.select_by == "val_loss":
     return metrics["val_loss"]
   if epoch % config.train.select_every:
     return np.full_like(metrics["val_loss"], np.inf)
-  return -score_dev_auc()
+  metrics["dev_auc"] = score_dev_auc()
+  return -metrics["dev_auc"]
+
+
+def _make_trainer(config, features, groups):
+  """A Trainer with the frames resident on the devices, or streamed."""
+  frames = config.model.frames
+  group_names = [g.name for g in groups]
+  if _device_resident(config, features, groups):
+    return Trainer(config, group_names,
+                   data.gather_host_windows(features, groups, frames))
+  val_windows = data.host_windows(
+      features, [[]] * len(groups), [g.val_clips for g in groups], frames)
+  chunks = functools.partial(data.stream_chunks, features, groups, frames,
+                             config.data.stream_chunk_clips, seed=config.seed)
+  return Trainer(config, group_names, val_windows, chunks=chunks)
+
+
+def _compile(trainer, timer):
+  """Compiles ahead of time, noting whether the persistent cache served it."""
+  with timer.phase("compile"):
+    cached_before = runtime.compilation_cache_entries()
+    trainer.compile()
+    warm = (jax.config.jax_compilation_cache_dir and
+            runtime.compilation_cache_entries() == cached_before)
+    timer.notes["compile"] = "warm" if warm else "cold"
 
 
 def train_and_evaluate(config, workdir):
   """Trains every group's models, resuming from the workdir's checkpoints.
+
+  Then fits each group's decision threshold for the best weights.
 
   Returns:
     The final training state (stacked over models).
@@ -463,32 +494,16 @@ def train_and_evaluate(config, workdir):
   writer = metric_log.MetricWriter(workdir, config.train.tensorboard)
   with timer.phase("features"):
     features, groups = dataset.load(config)
-    frames = config.model.frames
     check_group_sizes(
-        groups, [data.window_count(features, g.train_clips, frames)
-                 for g in groups], config.train.batch_size)
-    if _device_resident(config, features, groups):
-      trainer_args = dict(
-          host_windows=data.gather_host_windows(features, groups, frames))
-    else:
-      trainer_args = dict(
-          host_windows=data.host_windows(
-              features, [[]] * len(groups), [g.val_clips for g in groups],
-              frames),
-          chunks=functools.partial(
-              data.stream_chunks, features, groups, frames,
-              config.data.stream_chunk_clips, seed=config.seed))
-  group_names = [g.name for g in groups]
-  workdir_files.write_text(workdir / GROUPS_FILE, json.dumps(group_names))
-  trainer = Trainer(config, group_names, **trainer_args)
+        groups, [data.window_count(features, g.train_clips,
+                                   config.model.frames) for g in groups],
+        config.train.batch_size)
+    trainer = _make_trainer(config, features, groups)
   setup = trainer.setup
+  workdir_files.write_text(workdir / GROUPS_FILE,
+                           json.dumps([g.name for g in groups]))
+  _compile(trainer, timer)
   mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
-  with timer.phase("compile"):
-    cached_before = runtime.compilation_cache_entries()
-    trainer.compile()
-    timer.notes["compile"] = (
-        "cold" if runtime.compilation_cache_entries() > cached_before or
-        not jax.config.jax_compilation_cache_dir else "warm")
   last_saved = mngr.latest_step()
   if last_saved is None:
     state = trainer.init_state()
@@ -496,8 +511,8 @@ def train_and_evaluate(config, workdir):
     state = checkpoint.restore(mngr, trainer.abstract_state())
     log.info("resuming from epoch %d in %s", last_saved, mngr.directory)
   log.info("training %d model(s) (%s) on %d device(s): %s",
-               len(setup.model_names), config.model.name,
-               trainer.mesh.devices.size, ", ".join(setup.model_names))
+           len(setup.model_names), config.model.name,
+           trainer.mesh.devices.size, ", ".join(setup.model_names))
   score_dev_auc = functools.partial(
       evaluation.dev_auc_per_model, config, features, groups, setup)
   for epoch in range(int(state["epoch"]) + 1, config.train.epochs + 1):
@@ -511,11 +526,12 @@ def train_and_evaluate(config, workdir):
     rate = int(metrics["steps"].sum()) * config.train.batch_size / elapsed()
     writer.write({"epoch": epoch, "samples_per_s": rate,
                   **{k: dict(zip(setup.model_names, map(float, metrics[k])))
-                     for k in ("train_loss", "val_loss")}}, step=epoch)
+                     for k in ("train_loss", "val_loss", "dev_auc")
+                     if k in metrics}}, step=epoch)
     if epoch % config.train.log_every == 0 or epoch == config.train.epochs:
       log.info("epoch %d/%d  loss %s  val %s  %.3gM samples/s", epoch,
-                   config.train.epochs, _per_group(metrics["train_loss"], setup),
-                   _per_group(metrics["val_loss"], setup), rate / 1e6)
+               config.train.epochs, _per_group(metrics["train_loss"], setup),
+               _per_group(metrics["val_loss"], setup), rate / 1e6)
     if epoch % config.train.checkpoint_every == 0 or (
         epoch == config.train.epochs):
       with timer.phase("checkpoint"):

@@ -16,6 +16,7 @@ import helpers
 from aeasd_jax import config_check
 from aeasd_jax import data
 from aeasd_jax import dataset
+from aeasd_jax import evaluation
 from aeasd_jax import train
 from aeasd_jax.errors import AeasdError
 
@@ -190,3 +191,26 @@ def test_tensorboard_without_its_extra_says_which_extra(tiny_config, tmp_path):
   tiny_config.train.tensorboard = True
   with pytest.raises(AeasdError, match=r"pip install -e \.\[tensorboard\]"):
     train.train_and_evaluate(tiny_config, tmp_path)
+
+
+def test_dev_auc_selection_keeps_the_weights_of_the_best_auc(tiny_config,
+                                                            tmp_path):
+  tiny_config.train.epochs = 3
+  tiny_config.train.select_by = "dev_auc"
+  tiny_config.train.select_every = 1
+  state = train.train_and_evaluate(tiny_config, tmp_path)
+  records = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").open())
+             if "epoch" in r]
+  aucs = np.asarray([list(r["dev_auc"].values()) for r in records])
+  np.testing.assert_allclose(-np.asarray(state["best"]["metric"]),
+                             aucs.max(axis=0), rtol=1e-6)
+  # Ties keep the earlier epoch: selection needs a strict improvement.
+  np.testing.assert_array_equal(np.asarray(state["best"]["epoch"]),
+                                aucs.argmax(axis=0) + 1)
+  # The kept weights are the ones that scored it.
+  report = evaluation.evaluate(tmp_path)
+  names = list(records[0]["dev_auc"])
+  for name, best_auc in zip(names, aucs.max(axis=0)):
+    by_id = report["dev"][name.split("/")[0]]
+    assert np.mean([auc for auc, _ in by_id.values()]) == pytest.approx(
+        best_auc, abs=1e-9)
