@@ -5,6 +5,10 @@ Follows the DCASE 2020 baseline recipe (configs/default.py): Adam 1e-3,
 
   python train.py --config=configs/ae.py
   python evaluate.py --workdir=runs/ae
+
+Expected on the bundled synthetic data (dev set, AUC % (pAUC %), seed 0,
+measured 2026-11-25 on 2 CPU cores): fan 98.15 (94.15), slider 100.00 (100.00), valve 74.07 (76.61),
+average 90.74 (90.25).
 """
 
 from configs import default

@@ -5,6 +5,9 @@ Follows the DCASE 2020 baseline recipe (configs/default.py): Adam 1e-3,
 
   python train.py --config=configs/vidnn.py
   python evaluate.py --workdir=runs/vidnn
+
+Expected on the bundled synthetic data: not measured yet; like VAE it trades
+reconstruction quality for a smooth latent space.
 """
 
 from configs import default
