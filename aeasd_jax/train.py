@@ -232,7 +232,9 @@ def validation_loss(setup, params, batch_stats, windows):
   """
   group = jnp.asarray(setup.group_of_model)
   starts, counts = windows.val_starts[group], windows.val_counts[group]
-  chunk = setup.val_chunk
+  # A small validation set is not padded up to a whole scoring chunk.
+  chunk = min(setup.val_chunk,
+              scoring.bucket(starts.shape[1], setup.mesh.devices.size))
   num_chunks = -(-starts.shape[1] // chunk)
   starts = jnp.pad(starts, ((0, 0), (0, num_chunks * chunk - starts.shape[1])))
   starts = starts.reshape(-1, num_chunks, chunk).swapaxes(0, 1)
