@@ -1,0 +1,140 @@
+"""Feature-cache build speed in clips/s, against the baseline's librosa loop.
+
+Usage: python benchmarks/feature_speed.py [--quick] [--out=features.json]
+"""
+
+import argparse
+import json
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+# configs/ and benchmarks/ sit beside the package, not inside it.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from aeasd_jax import cache
+from aeasd_jax import dataset
+from aeasd_jax import dcase
+from aeasd_jax import features
+from aeasd_jax import runtime
+from aeasd_jax import synth
+from benchmarks import common
+from configs import default
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+
+def time_cache_builds(clips, config, repeats, work):
+  """Seconds of each library cache build, every one into a fresh folder."""
+  seconds = []
+  for i in range(repeats):
+    start = time.perf_counter()
+    cache.build_or_load(
+        clips, dataset.feature_params(config), work / f"cache{i}",
+        num_workers=config.data.decode_workers,
+        batch_size=config.data.feature_batch, show_progress=False)
+    seconds.append(time.perf_counter() - start)
+  return seconds
+
+
+def log_mel_compile_seconds(config, samples):
+  """The compile inside every build: one log-mel program per clip length."""
+  params = dataset.feature_params(config)
+  shape = jax.ShapeDtypeStruct((config.data.feature_batch, samples),
+                               np.float32)
+  start = time.perf_counter()
+  jax.jit(lambda y: features.log_mel(y, **params)).lower(shape).compile()
+  return time.perf_counter() - start
+
+
+def time_librosa(clips, librosa):
+  """Seconds of the baseline's sequential load + melspectrogram + log loop."""
+  def one(path):
+    y, sr = librosa.load(path, sr=None, mono=False)
+    mel = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=1024,
+                                         hop_length=512, n_mels=128, power=2.0)
+    return 10.0 * np.log10(mel + sys.float_info.epsilon)
+
+  one(clips[0].path)  # librosa builds its filters and caches on first use.
+  start = time.perf_counter()
+  for clip in clips:
+    one(clip.path)
+  return time.perf_counter() - start
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument(
+      "--quick", action="store_true",
+      help="one machine type and 2 normal clips per id (30 clips)")
+  parser.add_argument(
+      "--clips_per_id", type=common.positive_int,
+      help="synth.generate's clips_per_id; default 8 (180 clips), 2 with"
+      " --quick")
+  parser.add_argument(
+      "--seconds", type=float, default=10.0,
+      help="clip length; 10 s is a DCASE clip")
+  parser.add_argument(
+      "--machine_types", default=None,
+      help="comma-separated synthetic types; default all, fan with --quick")
+  parser.add_argument(
+      "--repeats", type=common.positive_int,
+      help="cache builds; the median counts; default 3, 1 with --quick")
+  parser.add_argument("--out", help="write the JSON results here")
+  return parser.parse_args(argv)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  clips_per_id = args.clips_per_id or (2 if args.quick else 8)
+  repeats = args.repeats or (1 if args.quick else 3)
+  if args.machine_types:
+    machine_types = tuple(args.machine_types.split(","))
+  else:
+    machine_types = ("fan",) if args.quick else synth.MACHINE_TYPES
+  config = default.get_config()
+  with tempfile.TemporaryDirectory() as tmp:
+    work = pathlib.Path(tmp)
+    root = synth.generate(work / "data", clips_per_id=clips_per_id,
+                          seconds=args.seconds,
+                          sample_rate=config.features.sample_rate,
+                          machine_types=machine_types)
+    clips = dcase.discover(root)
+    build_s = time_cache_builds(clips, config, repeats, work)
+    compile_s = log_mel_compile_seconds(
+        config, int(round(args.seconds * config.features.sample_rate)))
+    try:
+      # pylint: disable-next=g-import-not-at-top
+      import librosa
+    except ImportError as e:
+      librosa = None
+      print(f"librosa is not importable ({e}); skipping the comparison.")
+    librosa_s = time_librosa(clips, librosa) if librosa else None
+  ours = len(clips) / statistics.median(build_s)
+  device = jax.local_devices()[0]
+  print(f"{len(clips)} clips of {args.seconds:g} s on {device.device_kind}"
+        f" ({device.platform})")
+  print(f"aeasd_jax cache build: {ours:.1f} clips/s (median of {repeats},"
+        f" log-mel compile {compile_s:.2f} s included)")
+  versions = {"librosa": librosa.__version__} if librosa else {}
+  result = {
+      "header": common.header(**versions), "clips": len(clips),
+      "seconds": args.seconds, "cache_build_s": build_s,
+      "log_mel_compile_s": compile_s, "ours_clips_per_s": ours}
+  if librosa_s is not None:
+    theirs = len(clips) / librosa_s
+    print(f"librosa, sequential: {theirs:.1f} clips/s")
+    print(f"ours / librosa: {ours / theirs:.2f}x")
+    result.update(librosa_s=librosa_s, librosa_clips_per_s=theirs,
+                  ours_over_librosa=ours / theirs)
+  if args.out:
+    pathlib.Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+  runtime.run(main)

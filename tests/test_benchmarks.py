@@ -1,0 +1,84 @@
+"""The benchmark scripts run and report sane numbers; no timing is asserted.
+
+They run as subprocesses, as a user runs them; torch is optional everywhere.
+"""
+
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+BENCHMARKS = pathlib.Path(__file__).parents[1] / "benchmarks"
+
+
+def _run(script, *args, env=None):
+  return subprocess.run([sys.executable, str(BENCHMARKS / script), *args],
+                        capture_output=True, text=True, timeout=300,
+                        env=env, check=False)
+
+
+def test_train_speed_reports_sane_records(tmp_path):
+  # A torch that fails to import stands in for a machine without torch, so
+  # --peer must say so and still succeed.
+  hidden = tmp_path / "no_torch"
+  hidden.mkdir()
+  (hidden / "torch.py").write_text(
+      "raise ModuleNotFoundError('torch hidden by the test')\n")
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+      filter(None, [str(hidden), os.environ.get("PYTHONPATH")]))}
+  out = tmp_path / "results.json"
+  result = _run("train_speed.py", "--quick", "--peer",
+                "--settings=AE:512:1x1,IDNN:256:2x2", "--clips_per_group=4",
+                "--repeats=2", f"--out={out}", env=env)
+  assert result.returncode == 0, result.stderr
+  assert "skipping the PyTorch peer" in result.stdout
+  assert "M samp/s" in result.stdout
+  results = json.loads(out.read_text())
+  header = results["header"]
+  for field in ("device_kind", "platform", "date", "command"):
+    assert header[field]
+  assert {"jax", "jaxlib", "flax", "optax"} <= set(header["versions"])
+  records = results["records"]
+  assert [(r["model"], r["batch_size"], r["models"]) for r in records] == [
+      ("AE", 512, 1), ("IDNN", 256, 4)]
+  for record in records:
+    assert math.isfinite(record["samples_per_s"])
+    assert record["samples_per_s"] > 0
+    assert record["compile_s"] >= 0
+    assert record["epoch_s"] > 0
+    assert record["finite"]
+    assert "ours_over_peer" not in record
+  # The FLOP count the reference notes give for the AE: 6 x 264,192 weights.
+  assert records[0]["flops_per_sample"] == 1_585_152
+  assert records[0]["trainable_params_per_model"] == 267_928
+  assert records[1]["trainable_params_per_model"] == 185_496
+  # Each group trains on 4 clips x 309 windows, in whole batches.
+  assert records[1]["samples_per_epoch"] == 4 * (4 * 309 // 256) * 256
+
+
+def test_feature_speed_prints_clips_per_second(tmp_path):
+  out = tmp_path / "features.json"
+  result = _run("feature_speed.py", "--quick", "--clips_per_id=1",
+                "--seconds=1", f"--out={out}")
+  assert result.returncode == 0, result.stderr
+  assert "cache build:" in result.stdout and "clips/s" in result.stdout
+  results = json.loads(out.read_text())
+  assert results["header"]["date"] and results["header"]["command"]
+  assert results["clips"] == 25  # 5 fan ids x (1 train + 2 + 2 test clips).
+  assert math.isfinite(results["ours_clips_per_s"])
+  assert results["ours_clips_per_s"] > 0
+
+
+def test_torch_peer_is_the_baseline_ae():
+  pytest.importorskip("torch")
+  # pylint: disable-next=g-import-not-at-top
+  from benchmarks import peer_torch
+  assert peer_torch.parameter_count(peer_torch.autoencoder()) == 267_928
+  assert peer_torch.measure(64, 2, "cpu", "eager", clips=1, repeats=1,
+                            warmup=1) > 0
+  with pytest.raises(ValueError, match="CUDA"):
+    peer_torch.measure(64, 2, "cpu", "cuda_graph")
