@@ -15,26 +15,28 @@ def _require(ok, setting, value, expected):
     raise AeasdError(f"config.{setting}={value!r}: expected {expected}")
 
 
-def _positive_int(config, setting):
+def lookup(config, setting):
+  """The value of a dotted setting such as "train.batch_size"."""
   value = config
   for part in setting.split("."):
     value = value[part]
+  return value
+
+
+def _positive_int(config, setting):
+  value = lookup(config, setting)
   _require(isinstance(value, numbers.Integral) and not isinstance(value, bool)
            and value > 0, setting, value, "a positive integer")
 
 
 def _number_in(config, setting, low, high, expected):
-  value = config
-  for part in setting.split("."):
-    value = value[part]
+  value = lookup(config, setting)
   _require(isinstance(value, numbers.Real) and not isinstance(value, bool)
            and low <= value <= high, setting, value, expected)
 
 
 def _choice(config, setting, choices):
-  value = config
-  for part in setting.split("."):
-    value = value[part]
+  value = lookup(config, setting)
   _require(value in choices, setting, value, f"one of {sorted(choices)}")
 
 

@@ -13,6 +13,7 @@ import tempfile
 import jax
 import ml_collections
 
+from aeasd_jax import config_check
 from aeasd_jax.errors import AeasdError
 
 CONFIG_FILE = "config.json"
@@ -96,9 +97,7 @@ def load_config(workdir):
 
 
 def _get(config, dotted):
-  value = config
-  for part in dotted.split("."):
-    value = value[part]
+  value = config_check.lookup(config, dotted)
   if isinstance(value, ml_collections.ConfigDict):
     return json.loads(value.to_json(sort_keys=True))
   return list(value) if isinstance(value, (list, tuple)) else value
