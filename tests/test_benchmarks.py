@@ -82,3 +82,17 @@ def test_torch_peer_is_the_baseline_ae():
                             warmup=1) > 0
   with pytest.raises(ValueError, match="CUDA"):
     peer_torch.measure(64, 2, "cpu", "cuda_graph")
+
+
+def test_stream_speed_reports_both_modes(tmp_path):
+  out = tmp_path / "stream.json"
+  result = _run("stream_speed.py", "--groups=2", "--clips=6",
+                "--chunk_clips=2", "--batch_size=128", "--repeats=1",
+                f"--out={out}")
+  assert result.returncode == 0, result.stderr
+  assert "streamed / resident" in result.stdout
+  records = json.loads(out.read_text())["records"]
+  assert [r["mode"] for r in records] == ["resident", "streamed"]
+  for r in records:
+    assert r["steps"] > 0
+    assert math.isfinite(r["samples_per_s"]) and r["samples_per_s"] > 0
