@@ -214,12 +214,16 @@ def _decision_report(features, groups, clip_lists, ensemble, thresholds):
       entry["fp"] += int(d and clip.label == 0)
       entry["fn"] += int(not d and clip.label == 1)
   for entry in report.values():
-    tp, fp, fn = entry["tp"], entry["fp"], entry["fn"]
-    entry["precision"] = tp / (tp + fp) if tp + fp else 0.0
-    entry["recall"] = tp / (tp + fn) if tp + fn else 0.0
-    p, r = entry["precision"], entry["recall"]
-    entry["f1"] = 2 * p * r / (p + r) if p + r else 0.0
+    entry.update(_precision_recall_f1(entry["tp"], entry["fp"], entry["fn"]))
   return report
+
+
+def _precision_recall_f1(tp, fp, fn):
+  precision = tp / (tp + fp) if tp + fp else 0.0
+  recall = tp / (tp + fn) if tp + fn else 0.0
+  f1 = (2 * precision * recall / (precision + recall)
+        if precision + recall else 0.0)
+  return {"precision": precision, "recall": recall, "f1": f1}
 
 
 def _write_score_files(folder, features, groups, clip_lists, ensemble,
@@ -289,6 +293,8 @@ def evaluate(workdir, *, which="best", eval_ground_truth=None, plots=False):
                              f"{config.model.name})"))
   if config.train.num_seeds > 1:
     print(_seed_summary(report["seeds"]))
+  print(_decision_summary(report["decisions"],
+                          config.score.threshold_percentile))
   report["eval"] = _evaluate_eval_set(config, features, groups, setup, params,
                                       batch_stats, out, eval_ground_truth)
   if plots:
@@ -339,6 +345,19 @@ def _write_decision_summary(path, report):
     lines.append(f"{machine_type},{machine_id},{e['n']},{e['precision']:.4f},"
                  f"{e['recall']:.4f},{e['f1']:.4f}")
   workdir_files.write_text(path, "\n".join(lines) + "\n")
+
+
+def _decision_summary(report, percentile):
+  """Precision, recall and F1 per type, over all its ids' files."""
+  lines = [f"decisions at the gamma fit's {percentile:g}th percentile:"
+           " precision recall F1"]
+  for machine_type in sorted({t for t, _ in report}):
+    entries = [e for (t, _), e in report.items() if t == machine_type]
+    scores = _precision_recall_f1(
+        *(sum(e[k] for e in entries) for k in ("tp", "fp", "fn")))
+    lines.append(f"{machine_type:<14} {scores['precision']:6.3f}"
+                 f" {scores['recall']:6.3f} {scores['f1']:6.3f}")
+  return "\n".join(lines)
 
 
 def _seed_summary(seed_tables):

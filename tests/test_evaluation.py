@@ -272,3 +272,21 @@ def test_checkpoint_of_another_config_is_refused(trained, tmp_path):
   (other / "config.json").write_text(json.dumps(config))
   with pytest.raises(AeasdError, match="does not fit this config"):
     evaluation.evaluate(other)
+
+
+def test_decision_report_matches_the_decision_files(trained):
+  _, workdir, report = trained
+  for (machine_type, machine_id), entry in report["decisions"].items():
+    decided = dict(csv.reader(open(
+        workdir / "results" /
+        f"decision_result_{machine_type}_{machine_id}.csv")))
+    names = sorted(decided)
+    labels = _labels_from_names(names)
+    predictions = np.asarray([int(decided[n]) for n in names])
+    assert entry["n"] == len(names)
+    assert entry["precision"] == pytest.approx(sk_metrics.precision_score(
+        labels, predictions, zero_division=0.0))
+    assert entry["recall"] == pytest.approx(sk_metrics.recall_score(
+        labels, predictions, zero_division=0.0))
+    assert entry["f1"] == pytest.approx(sk_metrics.f1_score(
+        labels, predictions, zero_division=0.0))
