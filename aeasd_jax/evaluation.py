@@ -301,6 +301,8 @@ def evaluate(workdir, *, which="best", eval_ground_truth=None, plots=False):
     from aeasd_jax import plots as plots_lib  # pylint: disable=g-import-not-at-top
     plots_lib.write(out, features, groups, dev_clips, ensemble)
   log.info("time: %s", timer.summary())
+  metric_log.MetricWriter(workdir).write(
+      {"evaluate": tag, "timing_s": timer.totals()})
   return report
 
 

@@ -65,6 +65,13 @@ def test_result_csv_equals_sklearn_on_the_written_scores(trained):
   np.testing.assert_allclose(overall, np.mean(per_type, axis=0), atol=1e-12)
 
 
+def test_evaluation_times_are_recorded(trained):
+  _, workdir, _ = trained
+  records = [json.loads(l) for l in open(workdir / "metrics.jsonl")]
+  timing = [r for r in records if "evaluate" in r][-1]["timing_s"]
+  assert {"features", "restore", "score", "total"} <= timing.keys()
+
+
 def test_result_csv_layout(trained):
   _, workdir, _ = trained
   rows = list(csv.reader(open(workdir / "results" / "result.csv")))
