@@ -97,8 +97,8 @@ def build_or_load(clips, feature_params, cache_dir, *, resample=False,
     # The cache was built with skip_bad_files=True; this run asked to stop.
     raise _bad_files_error(cache.bad_files)
   if cache.bad_files:
-    log.warning("%d bad file(s) were left out of the feature cache; see"
-                    " %s", len(cache.bad_files), directory / BAD_FILES_REPORT)
+    log.warning("%d bad file(s) were left out of the feature cache; see %s",
+                len(cache.bad_files), directory / BAD_FILES_REPORT)
   return cache
 
 

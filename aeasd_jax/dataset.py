@@ -52,7 +52,7 @@ def data_root(config):
     except FileExistsError:
       pass  # Another process generated it first; generation is atomic.
   log.info("no config.data.root given: using the bundled synthetic"
-               " dataset at %s", root)
+           " dataset at %s", root)
   return root
 
 
