@@ -106,6 +106,44 @@ def _padded_rows(rows, width=1):
   return out, np.asarray([len(r) for r in rows], np.int32)
 
 
+class ClipFrames:
+  """The frames of cached clips laid end to end, read only when sliced.
+
+  Rows past the clips read as zeros. Putting it on a mesh whose devices each
+  hold a block of rows reads just this process's rows from the memory-mapped
+  cache, so no host of a multi-host run loads the whole dataset.
+  """
+
+  def __init__(self, cache, clips, num_rows):
+    self.cache = cache
+    self.clips = np.asarray(clips, np.int64)
+    lengths = cache.lengths[self.clips]
+    self.ends = np.cumsum(lengths)
+    self.shape = (num_rows, cache.frames.shape[1])
+    self.dtype = np.dtype(np.float32)
+
+  def __getitem__(self, index):
+    """Rows [start, stop) of a slice (or an index tuple led by one)."""
+    rows = index[0] if isinstance(index, tuple) else index
+    start, stop, step = rows.indices(self.shape[0])
+    if step != 1:
+      raise ValueError("ClipFrames reads contiguous rows only")
+    out = np.zeros((max(stop - start, 0), self.shape[1]), np.float32)
+    first = np.searchsorted(self.ends, start, side="right")
+    for i in range(first, len(self.clips)):
+      clip_start = self.ends[i - 1] if i else 0
+      if clip_start >= stop:
+        break
+      lo, hi = max(start, clip_start), min(stop, self.ends[i])
+      out[lo - start:hi - start] = self.cache.clip_frames(self.clips[i])[
+          lo - clip_start:hi - clip_start]
+    return out
+
+  def __array__(self, dtype=None, copy=None):
+    del copy  # Always a fresh array.
+    return self[:].astype(dtype or np.float32)
+
+
 def host_windows(cache, train_lists, val_lists, frames_per_window, *,
                  min_frames=0, min_windows=0):
   """Host WindowData for per-group lists of cached clip indices.
@@ -120,7 +158,8 @@ def host_windows(cache, train_lists, val_lists, frames_per_window, *,
     min_windows: pad the training start rows to at least this width.
 
   Returns:
-    A WindowData of NumPy arrays, ready to be put on the devices.
+    A WindowData of NumPy arrays, but for frames: a ClipFrames, read when
+    put on the devices.
   """
   lists = [list(clips) for clips in (*train_lists, *val_lists)]
   order = [c for clips in lists for c in clips]
@@ -130,12 +169,7 @@ def host_windows(cache, train_lists, val_lists, frames_per_window, *,
              if cache.lengths[c] < frames_per_window]
     raise AeasdError(f"{short[0]} (and {len(short) - 1} more): fewer than"
                      f" {frames_per_window} frames; expected longer clips")
-  n_mels = cache.frames.shape[1]
-  frames = np.zeros((max(min_frames, int(lengths.sum())), n_mels), np.float32)
-  offset = 0
-  for c in order:
-    frames[offset:offset + cache.lengths[c]] = cache.clip_frames(c)
-    offset += cache.lengths[c]
+  frames = ClipFrames(cache, order, max(min_frames, int(lengths.sum())))
   starts = window_starts(lengths, frames_per_window)
   clip_end = np.concatenate([[0], np.cumsum(lengths - frames_per_window + 1)])
   clip_count = np.concatenate([[0], np.cumsum([len(l) for l in lists])])

@@ -310,11 +310,31 @@ class Trainer:
                                       config.train.num_seeds))
     self.programs = None
 
-  def put(self, host_tree):
-    """Host arrays, replicated on every device of the mesh."""
-    return jax.tree.map(
-        functools.partial(jax.make_array_from_process_local_data,
-                          self.replicated), host_tree)
+  def put(self, host_windows):
+    """Host WindowData onto the mesh: frames split by rows, the rest copied.
+
+    Each device holds a block of frame rows, so each process reads only its
+    devices' rows; the window gather then picks rows where they lie (XLA
+    gathers locally and sums the pieces across devices, which is exact).
+    """
+    frames = host_windows.frames
+    num_rows = scoring.bucket(frames.shape[0], self.mesh.devices.size)
+
+    def read_rows(index):
+      rows = np.zeros((len(range(*index[0].indices(num_rows))),
+                       frames.shape[1]), np.float32)
+      start = index[0].indices(num_rows)[0]
+      have = max(0, min(start + len(rows), frames.shape[0]) - start)
+      rows[:have] = frames[start:start + have]
+      return rows
+
+    sharded = jax.make_array_from_callback(
+        (num_rows, frames.shape[1]), NamedSharding(self.mesh, P("data")),
+        read_rows)
+    copies = {name: jax.make_array_from_process_local_data(
+        self.replicated, np.asarray(getattr(host_windows, name)))
+              for name in host_windows._fields if name != "frames"}
+    return data.WindowData(frames=sharded, **copies)
 
   def init_state(self):
     init = jax.jit(functools.partial(init_state, self.setup),
@@ -337,9 +357,7 @@ class Trainer:
         jax.eval_shape(functools.partial(empty_totals,
                                          len(self.setup.model_names))),
         self.replicated)
-    chunk = abstract_with_sharding(
-        jax.eval_shape(lambda x: x, next(iter(self.chunks(0)))),
-        self.replicated)
+    chunk = self.put(next(iter(self.chunks(0))))  # All chunks share a shape.
     self.programs = (
         self.pass_fn.lower(state, totals, chunk, np.int32(0)).compile(),
         self.finish_fn.lower(state, totals, self.windows).compile())
@@ -349,8 +367,10 @@ class Trainer:
     if self.chunks is None:
       return self.programs(state, self.windows)
     pass_program, finish_program = self.programs
-    totals = self.put(jax.device_get(
-        empty_totals(len(self.setup.model_names))))
+    totals = jax.tree.map(
+        functools.partial(jax.make_array_from_process_local_data,
+                          self.replicated),
+        jax.device_get(empty_totals(len(self.setup.model_names))))
     chunks = self.chunks(int(state["epoch"]))
     for part, chunk in enumerate(prefetch(chunks, self.put)):
       state, totals = pass_program(state, totals, chunk, np.int32(part))

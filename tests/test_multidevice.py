@@ -4,6 +4,7 @@ Device counts must be set before jax is imported, so those runs are
 subprocesses; this process (1 device) runs the reference.
 """
 
+import json
 import os
 import socket
 import subprocess
@@ -29,9 +30,20 @@ _RUN = textwrap.dedent("""
     jax.config.update("jax_disable_most_optimizations", True)
     assert jax.device_count() == 8, jax.devices()
     import ml_collections
-    from aeasd_jax import train
+    from aeasd_jax import data, train
+
+    # Count the frame rows this process reads from the feature cache.
+    read, rows = data.ClipFrames.__getitem__, {"read": 0, "total": 0}
+    def counting_read(self, index):
+      out = read(self, index)
+      rows["read"] += len(out)
+      rows["total"] = max(rows["total"], self.shape[0])
+      return out
+    data.ClipFrames.__getitem__ = counting_read
+
     config = ml_collections.ConfigDict(json.load(open(sys.argv[1])))
     train.train_and_evaluate(config, sys.argv[2])
+    print(json.dumps(rows))
 """)
 
 
@@ -42,12 +54,14 @@ def _start(config_file, workdir, devices, coordinator="", num_processes=1,
   return subprocess.Popen(
       [sys.executable, "-c", _RUN, str(config_file), str(workdir), coordinator,
        str(num_processes), str(process_id)], env=env, cwd=REPO,
-      stderr=subprocess.PIPE, text=True)
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _wait(process):
-  _, stderr = process.communicate(timeout=300)
+  """The frame rows the process read: {"read": ..., "total": ...}."""
+  stdout, stderr = process.communicate(timeout=300)
   assert process.returncode == 0, stderr[-3000:]
+  return json.loads(stdout.strip().splitlines()[-1])
 
 
 
@@ -79,9 +93,10 @@ def runs(tmp_path_factory, tiny_root, session_cache_dir):
           for i in range(2)]
   assert jax.device_count() == 1
   train.train_and_evaluate(config, base / "one")
-  for process in [eight, *pair]:
-    _wait(process)
-  return {name: helpers.latest_weights(base / name) for name in ("one", "eight", "pair")}
+  rows_read = [_wait(process) for process in [eight, *pair]]
+  return {"rows_read": rows_read,
+          **{name: helpers.latest_weights(base / name)
+             for name in ("one", "eight", "pair")}}
 
 
 def test_eight_devices_equal_one(runs):
@@ -90,3 +105,12 @@ def test_eight_devices_equal_one(runs):
 
 def test_two_processes_of_four_devices_equal_one_process_of_eight(runs):
   _assert_same_training(runs["eight"], runs["pair"])
+
+
+def test_each_process_reads_only_its_devices_rows(runs):
+  eight, *pair = runs["rows_read"]
+  assert eight["read"] == eight["total"]
+  for process in pair:
+    # Half the devices, half the rows (the last block may be padding).
+    assert process["read"] <= process["total"] // 2 + 8
+  assert sum(p["read"] for p in pair) == eight["total"]

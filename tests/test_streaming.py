@@ -61,3 +61,17 @@ def test_chunks_cover_every_training_clip_once_per_epoch(tiny_config):
     per_epoch.append(np.concatenate([c.frames[:8].ravel() for c in chunks]))
   # A fresh clip order every epoch.
   assert not np.array_equal(per_epoch[0], per_epoch[1])
+
+
+def test_clip_frames_reads_the_rows_asked_for(tiny_config):
+  features, groups = dataset.load(tiny_config, show_progress=False)
+  clips = list(groups[0].train_clips[:5])
+  laid_out = np.concatenate([features.clip_frames(c) for c in clips])
+  frames = data.ClipFrames(features, clips, len(laid_out) + 10)
+  assert frames.shape == (len(laid_out) + 10, features.frames.shape[1])
+  for start, stop in ((0, 5), (3, 40), (31, 32), (0, len(laid_out)),
+                      (len(laid_out) - 3, len(laid_out) + 10)):
+    expected = np.zeros((stop - start, laid_out.shape[1]), np.float32)
+    have = laid_out[start:stop]
+    expected[:len(have)] = have  # Rows past the clips read as zeros.
+    np.testing.assert_array_equal(frames[start:stop], expected)

@@ -106,8 +106,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
 
   def poisoned(*args):
     windows = gather(*args)
-    windows.frames[::7] = np.inf
-    return windows
+    frames = np.asarray(windows.frames)
+    frames[::7] = np.inf
+    return windows._replace(frames=frames)
 
   monkeypatch.setattr(data, "gather_host_windows", poisoned)
   with pytest.raises(AeasdError, match=r"non-finite .* epoch 2 for group "
