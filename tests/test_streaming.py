@@ -75,3 +75,33 @@ def test_clip_frames_reads_the_rows_asked_for(tiny_config):
     have = laid_out[start:stop]
     expected[:len(have)] = have  # Rows past the clips read as zeros.
     np.testing.assert_array_equal(frames[start:stop], expected)
+
+
+class _FakeDevice:
+
+  def __init__(self, stats):
+    self.stats = stats
+
+  def memory_stats(self):
+    return self.stats
+
+
+@pytest.mark.parametrize("stats,forced,expected", [
+    (None, None, True),  # No memory figures (the CPU): resident.
+    ({"bytes_limit": 10**12, "bytes_in_use": 0}, None, True),
+    ({"bytes_limit": 10**5, "bytes_in_use": 0}, None, False),
+    ({"bytes_limit": 10**5, "bytes_in_use": 0}, True, True),
+    ({"bytes_limit": 10**12, "bytes_in_use": 0}, False, False),
+])
+def test_resident_or_streamed_is_chosen_by_free_device_memory(
+    tiny_config, monkeypatch, caplog, stats, forced, expected):
+  features, groups = dataset.load(tiny_config, show_progress=False)
+  tiny_config.data.device_resident = forced
+  monkeypatch.setattr(train.jax, "local_devices",
+                      lambda: [_FakeDevice(stats)])
+  with caplog.at_level("INFO", logger="aeasd_jax"):
+    assert train._device_resident(  # pylint: disable=protected-access
+        tiny_config, features, groups) == expected
+  if stats and forced is None:
+    assert ("keeping them on the device" if expected else
+            "streaming them") in caplog.text
