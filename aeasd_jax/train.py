@@ -5,6 +5,7 @@ models train together under jax.vmap, data-parallel over a device Mesh.
 """
 
 import dataclasses
+import concurrent.futures
 import functools
 import json
 import logging
@@ -282,7 +283,7 @@ class Trainer:
   """
 
   def __init__(self, config, group_names, host_windows, mesh=None,
-               chunks=None):
+               chunks=None, load=True):
     """Args:
 
       config: the run's config.
@@ -291,12 +292,16 @@ class Trainer:
       mesh: the device mesh (default: every device, axis "data").
       chunks: for streaming, a function epoch -> iterable of host WindowData
         of that epoch's training windows, all of one shape.
+      load: put the windows on the devices now; with False, call load()
+        later, so that compile() (which needs shapes only) can overlap it.
     """
     self.mesh = mesh or jax.sharding.Mesh(np.array(jax.devices()), ("data",))
     config_check.check_devices(config, self.mesh.devices.size)
     self.setup = make_setup(config, group_names, self.mesh)
     self.replicated = NamedSharding(self.mesh, P())
-    self.windows = self.put(host_windows)
+    self.rows = NamedSharding(self.mesh, P("data"))
+    self.host_windows = host_windows
+    self.windows = self.put(host_windows) if load else None
     self.chunks = chunks
     self.epoch_fn = jax.jit(functools.partial(run_epoch, self.setup),
                             donate_argnums=0)
@@ -318,7 +323,7 @@ class Trainer:
     gathers locally and sums the pieces across devices, which is exact).
     """
     frames = host_windows.frames
-    num_rows = scoring.bucket(frames.shape[0], self.mesh.devices.size)
+    num_rows = self.abstract(host_windows).frames.shape[0]
 
     def read_rows(index):
       rows = np.zeros((len(range(*index[0].indices(num_rows))),
@@ -329,12 +334,28 @@ class Trainer:
       return rows
 
     sharded = jax.make_array_from_callback(
-        (num_rows, frames.shape[1]), NamedSharding(self.mesh, P("data")),
-        read_rows)
+        (num_rows, frames.shape[1]), self.rows, read_rows)
     copies = {name: jax.make_array_from_process_local_data(
         self.replicated, np.asarray(getattr(host_windows, name)))
               for name in host_windows._fields if name != "frames"}
     return data.WindowData(frames=sharded, **copies)
+
+  def abstract(self, host_windows):
+    """The shapes and shardings put() gives host_windows, without reading."""
+    def spec(x):
+      return jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype,
+                                  sharding=self.replicated)
+    frames = host_windows.frames
+    num_rows = scoring.bucket(frames.shape[0], self.mesh.devices.size)
+    return data.WindowData(
+        frames=jax.ShapeDtypeStruct((num_rows, frames.shape[1]), np.float32,
+                                    sharding=self.rows),
+        **{name: spec(getattr(host_windows, name))
+           for name in host_windows._fields if name != "frames"})
+
+  def load(self):
+    """Puts the windows on the devices (reading the cache's frames)."""
+    self.windows = self.put(self.host_windows)
 
   def init_state(self):
     init = jax.jit(functools.partial(init_state, self.setup),
@@ -350,17 +371,19 @@ class Trainer:
   def compile(self):
     """Compiles the epoch's programs ahead of time, from shapes alone."""
     state = self.abstract_state()
+    windows = self.abstract(self.host_windows)
     if self.chunks is None:
-      self.programs = self.epoch_fn.lower(state, self.windows).compile()
+      self.programs = self.epoch_fn.lower(state, windows).compile()
       return
     totals = abstract_with_sharding(
         jax.eval_shape(functools.partial(empty_totals,
                                          len(self.setup.model_names))),
         self.replicated)
-    chunk = self.put(next(iter(self.chunks(0))))  # All chunks share a shape.
+    # All chunks share one shape.
+    chunk = self.abstract(next(iter(self.chunks(0))))
     self.programs = (
         self.pass_fn.lower(state, totals, chunk, np.int32(0)).compile(),
-        self.finish_fn.lower(state, totals, self.windows).compile())
+        self.finish_fn.lower(state, totals, windows).compile())
 
   def epoch(self, state):
     """Runs one epoch of every model; returns (state, device metrics)."""
@@ -482,22 +505,34 @@ def _make_trainer(config, features, groups):
   group_names = [g.name for g in groups]
   if _device_resident(config, features, groups):
     return Trainer(config, group_names,
-                   data.gather_host_windows(features, groups, frames))
+                   data.gather_host_windows(features, groups, frames),
+                   load=False)
   val_windows = data.host_windows(
       features, [[]] * len(groups), [g.val_clips for g in groups], frames)
   chunks = functools.partial(data.stream_chunks, features, groups, frames,
                              config.data.stream_chunk_clips, seed=config.seed)
-  return Trainer(config, group_names, val_windows, chunks=chunks)
+  return Trainer(config, group_names, val_windows, chunks=chunks, load=False)
 
 
-def _compile(trainer, timer):
-  """Compiles ahead of time, noting whether the persistent cache served it."""
-  with timer.phase("compile"):
-    cached_before = runtime.compilation_cache_entries()
-    trainer.compile()
-    warm = (jax.config.jax_compilation_cache_dir and
-            runtime.compilation_cache_entries() == cached_before)
-    timer.notes["compile"] = "warm" if warm else "cold"
+def _compile_while_loading(trainer, timer):
+  """Compiles from shapes on a thread while the frames go to the devices.
+
+  Notes whether the persistent compilation cache served the compile.
+  """
+  def compile_programs():
+    with timer.phase("compile"):
+      cached_before = runtime.compilation_cache_entries()
+      trainer.compile()
+      warm = (jax.config.jax_compilation_cache_dir and
+              runtime.compilation_cache_entries() == cached_before)
+      timer.notes["compile"] = ("warm" if warm else "cold") + (
+          ", overlapped with loading")
+
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    compiled = pool.submit(compile_programs)
+    with timer.phase("features"):
+      trainer.load()
+    compiled.result()
 
 
 def train_and_evaluate(config, workdir):
@@ -524,7 +559,7 @@ def train_and_evaluate(config, workdir):
   setup = trainer.setup
   workdir_files.write_text(workdir / GROUPS_FILE,
                            json.dumps([g.name for g in groups]))
-  _compile(trainer, timer)
+  _compile_while_loading(trainer, timer)
   mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
   last_saved = mngr.latest_step()
   if last_saved is None:
@@ -566,7 +601,8 @@ def train_and_evaluate(config, workdir):
     evaluation.fit_thresholds(
         config, workdir, features, groups, setup, best["params"],
         best["batch_stats"], f"best@{int(state['epoch'])}")
-  writer.write({"timing_s": timer.totals(), "compile": timer.notes["compile"]})
+  writer.write({"timing_s": timer.totals(),
+                "compile": timer.notes["compile"].split(",")[0]})
   log.info("time: %s", timer.summary())
   writer.close()
   return state
