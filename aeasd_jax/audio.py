@@ -8,7 +8,6 @@ import math
 import os
 
 import numpy as np
-import scipy.signal
 import soundfile
 
 from aeasd_jax.errors import AeasdError
@@ -59,6 +58,7 @@ def read_audio(path, *, sample_rate=16000, resample=False, min_samples=1):
       raise AeasdError(
           f"{path}: sample rate {file_rate} Hz, expected {sample_rate} Hz (set"
           " config.data.resample=True to resample it)")
+    import scipy.signal  # pylint: disable=g-import-not-at-top  # Slow; rare.
     gcd = math.gcd(file_rate, sample_rate)
     clip = scipy.signal.resample_poly(
         clip, sample_rate // gcd, file_rate // gcd).astype(np.float32)

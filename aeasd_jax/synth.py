@@ -14,7 +14,6 @@ import zlib
 from absl import app
 from absl import flags
 import numpy as np
-from scipy import signal
 import soundfile
 
 from aeasd_jax.errors import AeasdError
@@ -195,6 +194,7 @@ def _valve(rng, n, sample_rate, machine_id, anomaly):
   starts = np.round(times * sample_rate).astype(int)
   inside = (starts >= 0) & (starts < n)
   train[starts[inside]] = 1.0 + 0.05 * rng.standard_normal(inside.sum())
+  from scipy import signal  # pylint: disable=g-import-not-at-top  # Slow import.
   clicks = signal.fftconvolve(train, _click(sample_rate, machine_id, rng))[:n]
   hiss = 0.02 * _coloured_noise(rng, n, sample_rate, 0.5)
   return (clicks + hiss * _rms(clicks)) / _rms(clicks)
@@ -259,6 +259,7 @@ def _slider(rng, n, sample_rate, machine_id, anomaly):
     # Halting at full speed is a metallic knock, not a damped end stop.
     thump += 2.0 * np.exp(-k / 0.02) * (np.sin(2.0 * np.pi * 1300.0 * k) +
                                         np.sin(2.0 * np.pi * 2900.0 * k))
+  from scipy import signal  # pylint: disable=g-import-not-at-top  # Slow import.
   thumps = signal.fftconvolve(pulses, thump)[:n]
   machine = friction / _rms(friction) + 0.3 * whine + 1.5 * thumps
   return machine / _rms(machine)
