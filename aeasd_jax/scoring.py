@@ -17,6 +17,7 @@ POOLINGS = ("mean", "max", "gwrp")
 # Padded clip lengths are rounded up to this many windows, so clips of nearby
 # lengths share one compiled program.
 LENGTH_BUCKET = 64
+FRAME_ROWS_MIN = 4096
 
 
 def vector_errors(graphdef, params, batch_stats, window, interpolate):
@@ -117,9 +118,12 @@ def score_clip_lists(graphdef, params, batch_stats, cache, clip_lists,
     frame_of[c] = offset
     pieces.append(cache.clip_frames(c))
     offset += int(cache.lengths[c])
-  n_mels = cache.frames.shape[1]
-  frames = (np.concatenate(pieces) if pieces else
-            np.zeros((0, n_mels), np.float32))
+  # Rows padded to a power of two: dev, eval and threshold clip sets then
+  # share one compiled program instead of one per row count.
+  frames = np.zeros((max(FRAME_ROWS_MIN, 1 << (offset - 1).bit_length()),
+                     cache.frames.shape[1]), np.float32)
+  if pieces:
+    frames[:offset] = np.concatenate(pieces)
   windows = {c: max(int(cache.lengths[c]) - frames_per_window + 1, 0)
              for c in used}
   max_windows = bucket(max(windows.values(), default=1), LENGTH_BUCKET)

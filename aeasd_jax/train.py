@@ -313,6 +313,9 @@ class Trainer:
     # NumPy, so that every process passes the same replicated value.
     self.keys = np.asarray(model_keys(config.seed, group_names,
                                       config.train.num_seeds))
+    self.init_fn = jax.jit(functools.partial(init_state, self.setup),
+                           out_shardings=self.replicated)
+    self.init_program = None
     self.programs = None
 
   def put(self, host_windows):
@@ -358,9 +361,9 @@ class Trainer:
     self.windows = self.put(self.host_windows)
 
   def init_state(self):
-    init = jax.jit(functools.partial(init_state, self.setup),
-                   out_shardings=self.replicated)
-    return init(self.keys)
+    if self.init_program is None:
+      self.init_program = self.init_fn.lower(self.keys).compile()
+    return self.init_program(self.keys)
 
   def abstract_state(self):
     """The state's shapes and shardings, for compiling and restoring."""
@@ -370,6 +373,9 @@ class Trainer:
 
   def compile(self):
     """Compiles the epoch's programs ahead of time, from shapes alone."""
+    # The random initialisation is a sizeable program too; compiled here so
+    # that the compile phase counts it.
+    self.init_program = self.init_fn.lower(self.keys).compile()
     state = self.abstract_state()
     windows = self.abstract(self.host_windows)
     if self.chunks is None:
