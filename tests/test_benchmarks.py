@@ -96,3 +96,15 @@ def test_stream_speed_reports_both_modes(tmp_path):
   for r in records:
     assert r["steps"] > 0
     assert math.isfinite(r["samples_per_s"]) and r["samples_per_s"] > 0
+
+
+def test_time_to_first_result_tells_cold_from_warm(tmp_path):
+  out = tmp_path / "ttfr.json"
+  result = _run("time_to_first_result.py", "--epochs=2", f"--out={out}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  runs = {r["run"]: r for r in json.loads(out.read_text())["records"]}
+  assert runs["train cold"]["cache_entries_added"] > 0
+  # The second identical run is served by the persistent compilation cache.
+  assert runs["train warm"]["cache_entries_added"] == 0
+  for name in ("train cold", "train warm", "evaluate cold", "evaluate warm"):
+    assert math.isfinite(runs[name]["wall_s"]) and runs[name]["wall_s"] > 0
