@@ -329,11 +329,11 @@ class Trainer:
     num_rows = self.abstract(host_windows).frames.shape[0]
 
     def read_rows(index):
-      rows = np.zeros((len(range(*index[0].indices(num_rows))),
-                       frames.shape[1]), np.float32)
-      start = index[0].indices(num_rows)[0]
-      have = max(0, min(start + len(rows), frames.shape[0]) - start)
-      rows[:have] = frames[start:start + have]
+      # Rows past the data (padding to a multiple of the devices) are zeros.
+      start, stop, _ = index[0].indices(num_rows)
+      rows = np.zeros((stop - start, frames.shape[1]), np.float32)
+      have = frames[start:min(stop, frames.shape[0])]
+      rows[:len(have)] = have
       return rows
 
     sharded = jax.make_array_from_callback(
