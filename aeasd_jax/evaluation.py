@@ -42,14 +42,15 @@ def score_models(config, features, setup, params, batch_stats, clip_lists):
       batch_windows=config.score.batch_windows)
 
 
-def score_groups(config, features, groups, setup, params, batch_stats,
-                 clips_of_group):
-  """[seeds, clips] scores per group for the clips clips_of_group(group)."""
-  clip_lists = [clips_of_group(groups[g]) for g in setup.group_of_model]
+def score_groups(config, features, setup, params, batch_stats,
+                 clips_per_group):
+  """[seeds, clips] scores per group, each group's seeds on its own clips."""
+  clip_lists = [clips_per_group[g] for g in setup.group_of_model]
   flat = score_models(config, features, setup, params, batch_stats,
                       clip_lists)
   seeds = config.train.num_seeds
-  return [np.stack(flat[g * seeds:(g + 1) * seeds]) for g in range(len(groups))]
+  return [np.stack(flat[g * seeds:(g + 1) * seeds])
+          for g in range(len(clips_per_group))]
 
 
 def dev_test_clips(features, group):
@@ -131,8 +132,8 @@ def fit_thresholds(config, workdir, features, groups, setup, params,
   Returns:
     {group name: threshold}
   """
-  scores = score_groups(config, features, groups, setup, params, batch_stats,
-                        _threshold_clips)
+  scores = score_groups(config, features, setup, params, batch_stats,
+                        [_threshold_clips(g) for g in groups])
   thresholds = {g.name: fit_threshold(s.mean(0),
                                       config.score.threshold_percentile)
                 for g, s in zip(groups, scores)}
@@ -276,8 +277,8 @@ def evaluate(workdir, *, which="best", eval_ground_truth=None, plots=False):
   report = {}
   with timer.phase("score"):
     dev_clips = [dev_test_clips(features, g) for g in groups]
-    dev_scores = score_groups(config, features, groups, setup, params,
-                              batch_stats, lambda g: dev_test_clips(features, g))
+    dev_scores = score_groups(config, features, setup, params, batch_stats,
+                              dev_clips)
     thresholds = stored_thresholds(config, workdir, tag) or fit_thresholds(
         config, workdir, features, groups, setup, params, batch_stats, tag)
   ensemble = [s.mean(0) for s in dev_scores]
@@ -321,8 +322,8 @@ def _evaluate_eval_set(config, features, groups, setup, params, batch_stats,
       raise AeasdError(f"--eval_ground_truth={ground_truth_path} given, but"
                        " the dataset has no eval_data/<type>/test clips")
     return None
-  scores = score_groups(config, features, groups, setup, params, batch_stats,
-                        eval_of)
+  scores = score_groups(config, features, setup, params, batch_stats,
+                        eval_clips)
   ensemble = [s.mean(0) for s in scores]
   eval_out = out / "eval"
   eval_out.mkdir(exist_ok=True)
@@ -459,15 +460,12 @@ def score_recordings(workdir, path, *, machine_type=None, which="best"):
         directory=None, frames=np.concatenate(frames), clips=tuple(clips),
         offsets=np.concatenate([[0], np.cumsum(lengths)[:-1]]),
         lengths=lengths, bad_files=())
-    members = {g: [i for i, c in enumerate(clips) if rows[c]["group"] == g]
-               for g in group_names}
-    scores = score_models(config, recordings, setup, params, batch_stats,
-                          [members[group_names[g]]
-                           for g in setup.group_of_model])
-    seeds = config.train.num_seeds
-    for g, name in enumerate(group_names):
-      ensemble = np.mean(scores[g * seeds:(g + 1) * seeds], axis=0)
-      for i, score in zip(members[name], ensemble):
+    members = [[i for i, c in enumerate(clips) if rows[c]["group"] == g]
+               for g in group_names]
+    scores = score_groups(config, recordings, setup, params, batch_stats,
+                          members)
+    for name, indices, per_seed in zip(group_names, members, scores):
+      for i, score in zip(indices, per_seed.mean(0)):
         row = rows[clips[i]]
         row.update(score=float(score), threshold=thresholds[name],
                    anomaly=bool(score > thresholds[name]))

@@ -117,8 +117,8 @@ def test_seed_ensemble_is_the_mean_of_seed_scores(trained):
   setup, params, batch_stats, _ = evaluation.load_weights(
       config, workdir, [g.name for g in groups], "best")
   per_seed = evaluation.score_groups(
-      config, features, groups, setup, params, batch_stats,
-      lambda g: evaluation.dev_test_clips(features, g))
+      config, features, setup, params, batch_stats,
+      [evaluation.dev_test_clips(features, g) for g in groups])
   group = groups[0]
   clips = evaluation.dev_test_clips(features, group)
   written = {}
