@@ -53,6 +53,7 @@ def check_config(config):
     _positive_int(config, setting)
   _choice(config, "model.name", set(models.MODELS))
   _choice(config, "model.kl_reduction", {"mean", "sum"})
+  _choice(config, "model.compute_dtype", {"float32", "bfloat16"})
   _choice(config, "data.group_by", {"type", "type_id"})
   _choice(config, "train.select_by", {"val_loss", "dev_auc"})
   _choice(config, "score.pooling", set(scoring.POOLINGS))

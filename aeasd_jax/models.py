@@ -14,27 +14,34 @@ from flax import nnx
 _KERNEL_INIT = nnx.initializers.glorot_uniform()
 
 
+def _dense(in_features, out_features, dtype, rngs):
+  """A Dense layer computing in `dtype` with float32 parameters."""
+  return nnx.Linear(in_features, out_features, kernel_init=_KERNEL_INIT,
+                    dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+
+
 class DenseBlock(nnx.Module):
   """Dense -> BatchNorm -> ReLU, the unit both autoencoders are built of."""
 
   def __init__(self, in_features, out_features, *, bn_momentum, bn_epsilon,
-               rngs):
-    self.dense = nnx.Linear(in_features, out_features,
-                            kernel_init=_KERNEL_INIT, rngs=rngs)
+               dtype, rngs):
+    self.dense = _dense(in_features, out_features, dtype, rngs)
     # Two-pass variance, as Keras and PyTorch compute it: the fast
-    # E[x^2] - E[x]^2 loses digits on activations of raw dB features.
+    # E[x^2] - E[x]^2 loses digits on activations of raw dB features. The
+    # statistics stay in float32 whatever the matmuls compute in.
     self.norm = nnx.BatchNorm(out_features, momentum=bn_momentum,
                               epsilon=bn_epsilon, use_fast_variance=False,
-                              rngs=rngs)
+                              dtype=jnp.float32, rngs=rngs)
 
   def __call__(self, x, *, train):
     return nnx.relu(self.norm(self.dense(x), use_running_average=not train))
 
 
-def _stack(widths, bn_momentum, bn_epsilon, rngs):
+def _stack(widths, bn_momentum, bn_epsilon, dtype, rngs):
   return nnx.List([
       DenseBlock(a, b, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
-                 rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
+                 dtype=dtype, rngs=rngs)
+      for a, b in zip(widths[:-1], widths[1:])])
 
 
 class Autoencoder(nnx.Module):
@@ -45,12 +52,14 @@ class Autoencoder(nnx.Module):
   """
 
   def __init__(self, in_features, out_features, *, hidden, depth, bottleneck,
-               bn_momentum, bn_epsilon, rngs):
-    bn = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, rngs=rngs)
+               bn_momentum, bn_epsilon, dtype=jnp.float32, rngs):
+    bn = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, dtype=dtype,
+              rngs=rngs)
     self.encoder = _stack([in_features] + [hidden] * depth + [bottleneck], **bn)
     self.decoder = _stack([bottleneck] + [hidden] * depth, **bn)
-    self.output = nnx.Linear(hidden, out_features, kernel_init=_KERNEL_INIT,
-                             rngs=rngs)
+    # The output (and the VAE's heads) stay float32: scores are small
+    # differences of dB values, which bfloat16 would round away.
+    self.output = _dense(hidden, out_features, jnp.float32, rngs)
 
   def __call__(self, x, *, train, key=None):
     """Returns the reconstruction and a zero per-vector KL term."""
@@ -69,16 +78,14 @@ class VariationalAutoencoder(nnx.Module):
   """
 
   def __init__(self, in_features, out_features, *, hidden, depth, bottleneck,
-               bn_momentum, bn_epsilon, rngs):
-    bn = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, rngs=rngs)
+               bn_momentum, bn_epsilon, dtype=jnp.float32, rngs):
+    bn = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, dtype=dtype,
+              rngs=rngs)
     self.encoder = _stack([in_features] + [hidden] * depth, **bn)
-    self.mean = nnx.Linear(hidden, bottleneck, kernel_init=_KERNEL_INIT,
-                           rngs=rngs)
-    self.log_variance = nnx.Linear(hidden, bottleneck,
-                                   kernel_init=_KERNEL_INIT, rngs=rngs)
+    self.mean = _dense(hidden, bottleneck, jnp.float32, rngs)
+    self.log_variance = _dense(hidden, bottleneck, jnp.float32, rngs)
     self.decoder = _stack([bottleneck] + [hidden] * depth, **bn)
-    self.output = nnx.Linear(hidden, out_features, kernel_init=_KERNEL_INIT,
-                             rngs=rngs)
+    self.output = _dense(hidden, out_features, jnp.float32, rngs)
 
   def __call__(self, x, *, train, key=None):
     """Returns the reconstruction and the per-vector KL(q(z|x) || N(0, I))."""
@@ -126,4 +133,5 @@ def build(model_config, rngs):
       in_features, out_features, hidden=model_config.hidden,
       depth=model_config.depth, bottleneck=model_config.bottleneck,
       bn_momentum=model_config.bn_momentum,
-      bn_epsilon=model_config.bn_epsilon, rngs=rngs)
+      bn_epsilon=model_config.bn_epsilon,
+      dtype=jnp.dtype(model_config.compute_dtype), rngs=rngs)

@@ -67,3 +67,19 @@ def test_vae_scoring_decodes_the_mean():
   d, _ = model(x, train=True, key=jax.random.key(2))
   chex.assert_trees_all_equal(a, b)
   assert float(jnp.abs(c - d).max()) > 0
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_output():
+  config = default.get_config().model
+  config.compute_dtype = "bfloat16"
+  model = models.build(config, nnx.Rngs(0))
+  config.compute_dtype = "float32"
+  reference = models.build(config, nnx.Rngs(0))
+  for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)):
+    assert leaf.dtype == jnp.float32
+  x = jax.random.normal(jax.random.key(0), (64, 640)) * 10 - 40
+  y, _ = model(x, train=True)
+  y_ref, _ = reference(x, train=True)
+  assert y.dtype == jnp.float32
+  # Same weights, matmuls rounded to bfloat16 (8 bits of mantissa).
+  assert float(jnp.abs(y - y_ref).max()) < 0.05 * float(jnp.abs(y_ref).max())

@@ -215,3 +215,18 @@ def test_dev_auc_selection_keeps_the_weights_of_the_best_auc(tiny_config,
     by_id = report["dev"][name.split("/")[0]]
     assert np.mean([auc for auc, _ in by_id.values()]) == pytest.approx(
         best_auc, abs=1e-9)
+
+
+def test_bfloat16_training_follows_float32(tiny_config, tmp_path):
+  curves = {}
+  for dtype in ("float32", "bfloat16"):
+    tiny_config.model.compute_dtype = dtype
+    tiny_config.train.epochs = 4
+    train.train_and_evaluate(tiny_config, tmp_path / dtype)
+    records = [r for r in map(json.loads,
+                              (tmp_path / dtype / "metrics.jsonl").open())
+               if "epoch" in r]
+    curves[dtype] = np.asarray([list(r["train_loss"].values())
+                                for r in records])
+  assert np.all(curves["bfloat16"][-1] < curves["bfloat16"][0])
+  np.testing.assert_allclose(curves["bfloat16"], curves["float32"], rtol=0.05)
