@@ -132,16 +132,14 @@ def _peak_device_bytes():
   return None if stats is None else stats.get("peak_bytes_in_use")
 
 
-def time_setting(setting, host_windows, clips_per_group, repeats):
+def time_setting(setting, host_windows, clips_per_group, repeats,
+                 compute_dtype):
   """Compiles and times one setting's epoch; returns its JSON record."""
   config = CONFIGS[setting.model].get_config()
   config.train.batch_size = setting.batch_size
   config.train.num_seeds = setting.seeds
-  # Validation pads each group to whole chunks of score.batch_windows; a real
-  # 10% split wastes under a chunk of its many, but this small set would be
-  # mostly padding and inflate the epoch.
+  config.model.compute_dtype = compute_dtype
   val_windows = int(host_windows.val_counts.max())
-  config.score.batch_windows = min(config.score.batch_windows, val_windows)
   config_check.check_config(config)
   group_names = [f"group{g}" for g in range(setting.groups)]
   trainer = train.Trainer(config, group_names, host_windows)
@@ -167,6 +165,7 @@ def time_setting(setting, host_windows, clips_per_group, repeats):
       "model": setting.model, "batch_size": setting.batch_size,
       "groups": setting.groups, "seeds": setting.seeds,
       "models": setting.num_models, "clips_per_group": clips_per_group,
+      "compute_dtype": compute_dtype,
       "val_windows_per_group": val_windows,
       "steps_per_epoch": int(steps.max()), "samples_per_epoch": samples,
       "samples_per_s": rate,
@@ -266,6 +265,9 @@ def parse_args(argv):
       help="most Adam steps per timed peer loop; never more than one epoch"
       " of the same setting")
   parser.add_argument(
+      "--compute_dtype", choices=("float32", "bfloat16"), default="float32",
+      help="config.model.compute_dtype for every setting")
+  parser.add_argument(
       "--torch_threads", type=common.positive_int,
       help="torch.set_num_threads for a CPU peer; default torch's own")
   return parser.parse_args(argv)
@@ -295,7 +297,7 @@ def main(argv=None):
         host.frames[:setting.groups * (clips + args.val_clips)
                     * FRAMES_PER_CLIP],
         *(x[:setting.groups] for x in host[1:]))
-    record = time_setting(setting, host, clips, repeats)
+    record = time_setting(setting, host, clips, repeats, args.compute_dtype)
     if peer_torch is not None and setting.model == "AE":
       rates = peer_rates(peer_torch, record, args.peer_steps, repeats,
                          peer_cache)
