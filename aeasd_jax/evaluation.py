@@ -57,10 +57,10 @@ def dev_test_clips(features, group):
   return [c for c in group.test_clips if features.clips[c].section == "dev"]
 
 
-def _auc_table(features, groups, clip_lists, scores_per_group, labels_of):
+def _auc_table(features, clip_lists, scores_per_group, labels_of):
   """{type: {id: (auc, pauc)}} for one score per clip."""
   by_type_id = {}
-  for group, clips, scores in zip(groups, clip_lists, scores_per_group):
+  for clips, scores in zip(clip_lists, scores_per_group):
     for c, s in zip(clips, scores):
       clip = features.clips[c]
       by_type_id.setdefault(clip.machine_type, {}).setdefault(
@@ -91,9 +91,8 @@ def dev_auc_per_model(config, features, groups, setup, state):
   scores = score_models(config, features, setup, state["params"],
                         state["batch_stats"], clip_lists)
   return np.asarray([
-      _mean_auc(_auc_table(features, [groups[g]], [clips], [s],
-                           lambda clip: clip.label))
-      for g, clips, s in zip(setup.group_of_model, clip_lists, scores)])
+      _mean_auc(_auc_table(features, [clips], [s], lambda clip: clip.label))
+      for clips, s in zip(clip_lists, scores)])
 
 
 def fit_threshold(scores, percentile):
@@ -283,9 +282,9 @@ def evaluate(workdir, *, which="best", eval_ground_truth=None, plots=False):
         config, workdir, features, groups, setup, params, batch_stats, tag)
   ensemble = [s.mean(0) for s in dev_scores]
   label = lambda clip: clip.label
-  report["dev"] = _auc_table(features, groups, dev_clips, ensemble, label)
+  report["dev"] = _auc_table(features, dev_clips, ensemble, label)
   report["seeds"] = [
-      _auc_table(features, groups, dev_clips, [s[k] for s in dev_scores], label)
+      _auc_table(features, dev_clips, [s[k] for s in dev_scores], label)
       for k in range(config.train.num_seeds)]
   report["decisions"] = _decision_report(features, groups, dev_clips,
                                          ensemble, thresholds)
@@ -340,7 +339,7 @@ def _evaluate_eval_set(config, features, groups, setup, params, batch_stats,
                        f"/{clip.name}; expected one row per eval test"
                        " file") from None
 
-  table = _auc_table(features, groups, eval_clips, ensemble, label_of)
+  table = _auc_table(features, eval_clips, ensemble, label_of)
   results.write_result_csv(eval_out / "result.csv", table)
   print(results.format_table(table, "eval set"))
   return table
