@@ -126,8 +126,11 @@ def train_step(setup, params, batch_stats, opt_state, window, key):
       params)
   updates, opt_state = setup.optimizer.update(grads, opt_state, params)
   params = optax.apply_updates(params, updates)
-  finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
-  return params, batch_stats, opt_state, {"loss": loss, "finite": finite}
+  # A non-finite gradient makes Adam's update, and so the parameters,
+  # non-finite for good; finish_epoch checks them once instead of reducing
+  # every gradient at every step.
+  return params, batch_stats, opt_state, {"loss": loss,
+                                          "finite": jnp.isfinite(loss)}
 
 
 def _shuffled_starts(key, starts, count):
@@ -214,8 +217,17 @@ def finish_epoch(setup, state, totals, val_windows):
                              val_windows)
   state = {**state, "epoch": state["epoch"] + 1}
   return state, {"train_loss": totals["loss"] / jnp.maximum(totals["steps"], 1),
-                 "val_loss": val_loss, "finite": totals["finite"],
+                 "val_loss": val_loss,
+                 "finite": totals["finite"] & _all_finite(
+                     (state["params"], state["batch_stats"])),
                  "steps": totals["steps"]}
+
+
+def _all_finite(stacked):
+  """[models] whether every value of each model's slice is finite."""
+  per_leaf = [jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), 1)
+              for x in jax.tree.leaves(stacked)]
+  return functools.reduce(jnp.logical_and, per_leaf)
 
 
 def run_epoch(setup, state, windows):

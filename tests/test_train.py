@@ -97,6 +97,33 @@ def test_epoch_compiles_once(tiny_config):
   assert trainer.epoch_fn._cache_size() == 1  # pylint: disable=protected-access
 
 
+def _poison_model(tree, model):
+  """The tree with one value of `model`'s slice of a float leaf set to NaN."""
+  leaves, treedef = jax.tree.flatten(tree)
+  i = next(i for i, x in enumerate(leaves)
+           if jax.numpy.issubdtype(x.dtype, np.floating))
+  leaves[i] = np.array(leaves[i])
+  leaves[i][model].flat[0] = np.nan
+  return jax.tree.unflatten(treedef, leaves)
+
+
+def test_epoch_reports_state_gone_non_finite_for_that_model_only(tiny_config):
+  # The loss can stay finite while the state does not: training-mode
+  # BatchNorm never reads its running mean, and a NaN in Adam's moments
+  # reaches the loss only through the next step's weights.
+  tiny_config.data.machine_types = ("fan", "valve")
+  features, groups = dataset.load(tiny_config, show_progress=False)
+  windows = data.gather_host_windows(features, groups, 5)
+  trainer = train.Trainer(tiny_config, [g.name for g in groups], windows)
+  for part in ("batch_stats", "opt_state"):
+    state = trainer.init_state()
+    state = {**state, part: jax.device_put(_poison_model(state[part], 1),
+                                           trainer.replicated)}
+    _, metrics = trainer.epoch_fn(state, trainer.windows)
+    np.testing.assert_array_equal(np.asarray(metrics["finite"]),
+                                  [True, False], err_msg=part)
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     tiny_config, tmp_path, monkeypatch):
   tiny_config.train.epochs = 1
