@@ -385,23 +385,26 @@ class Trainer:
 
   def compile(self):
     """Compiles the epoch's programs ahead of time, from shapes alone."""
-    # The random initialisation is a sizeable program too; compiled here so
-    # that the compile phase counts it.
-    self.init_program = self.init_fn.lower(self.keys).compile()
+    # The random initialisation is a sizeable program too (3 s of XLA time on
+    # an H100), so it compiles on a thread beside the epoch's.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+      init = pool.submit(lambda: self.init_fn.lower(self.keys).compile())
+      self.programs = self._compile_epoch()
+      self.init_program = init.result()
+
+  def _compile_epoch(self):
     state = self.abstract_state()
     windows = self.abstract(self.host_windows)
     if self.chunks is None:
-      self.programs = self.epoch_fn.lower(state, windows).compile()
-      return
+      return self.epoch_fn.lower(state, windows).compile()
     totals = abstract_with_sharding(
         jax.eval_shape(functools.partial(empty_totals,
                                          len(self.setup.model_names))),
         self.replicated)
     # All chunks share one shape.
     chunk = self.abstract(next(iter(self.chunks(0))))
-    self.programs = (
-        self.pass_fn.lower(state, totals, chunk, np.int32(0)).compile(),
-        self.finish_fn.lower(state, totals, windows).compile())
+    return (self.pass_fn.lower(state, totals, chunk, np.int32(0)).compile(),
+            self.finish_fn.lower(state, totals, windows).compile())
 
   def epoch(self, state):
     """Runs one epoch of every model; returns (state, device metrics)."""
