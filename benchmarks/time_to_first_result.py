@@ -110,17 +110,22 @@ def compile_log(lines):
      "lower_s", "xla_s", "compiled", "cache_hits"}; trace_s and lower_s sum
     over every jit traced, cached or not.
   """
+  # Programs compile on several threads at once, so their lines interleave:
+  # each is matched by its name.
   programs, pending, trace_s, lower_s = [], {}, 0.0, 0.0
   for _, text in lines:
     if m := _COMPILING.search(text):
-      pending = {"name": m.group(1), "shapes": m.group(2)[:300],
-                 "cache_hit": False}
-    elif _CACHE_HIT.search(text):
-      pending["cache_hit"] = True
+      pending[m.group(1)] = {"shapes": m.group(2)[:300], "cache_hit": False}
+    elif m := _CACHE_HIT.search(text):
+      hit = _plain(m.group(1))
+      for name in reversed(pending):
+        if _plain(name) in hit:
+          pending[name]["cache_hit"] = True
+          break
     elif m := _FINISHED.search(text):
-      programs.append({**pending, "name": m.group(1),
+      program = pending.pop(m.group(1), {"cache_hit": False})
+      programs.append({**program, "name": m.group(1),
                        "xla_s": float(m.group(2))})
-      pending = {}
     elif m := _TRACED.search(text):
       trace_s += float(m.group(1))
     elif m := _LOWERED.search(text):
@@ -129,6 +134,11 @@ def compile_log(lines):
   return {"programs": programs, "trace_s": trace_s, "lower_s": lower_s,
           "xla_s": sum(p["xla_s"] for p in programs),
           "compiled": len(programs) - hits, "cache_hits": hits}
+
+
+def _plain(name):
+  """A program's name without punctuation: jit(f) and jit_f read the same."""
+  return re.sub(r"\W|_", "", name)
 
 
 def first_epoch_end(lines):

@@ -104,7 +104,26 @@ def test_time_to_first_result_tells_cold_from_warm(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   runs = {r["run"]: r for r in json.loads(out.read_text())["records"]}
   assert runs["train cold"]["cache_entries_added"] > 0
-  # The second identical run is served by the persistent compilation cache.
+  # The second identical run is served by the persistent compilation cache,
+  # as JAX's own compile log says too.
   assert runs["train warm"]["cache_entries_added"] == 0
+  assert runs["train cold"]["compile_log"]["cache_hits"] == 0
+  assert runs["train warm"]["compile_log"]["compiled"] == 0
+  assert runs["train warm"]["compile_log"]["cache_hits"] > 0
   for name in ("train cold", "train warm", "evaluate cold", "evaluate warm"):
     assert math.isfinite(runs[name]["wall_s"]) and runs[name]["wall_s"] > 0
+
+
+def test_compile_log_matches_interleaved_lines_by_program():
+  # pylint: disable-next=g-import-not-at-top
+  from benchmarks import time_to_first_result
+  lines = [(0.0, text) for text in (
+      "Compiling jit(init_state) with global shapes and types (a).",
+      "Compiling jit(run_epoch) with global shapes and types (b).",
+      "Persistent compilation cache hit for 'jit_run_epoch'",
+      "Finished XLA compilation of jit(run_epoch) in 0.25 sec",
+      "Finished XLA compilation of jit(init_state) in 2.5 sec")]
+  log = time_to_first_result.compile_log(lines)
+  hits = {p["name"]: p["cache_hit"] for p in log["programs"]}
+  assert hits == {"jit(init_state)": False, "jit(run_epoch)": True}
+  assert (log["compiled"], log["cache_hits"], log["xla_s"]) == (1, 1, 2.75)
