@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Runs the GPU measurements of RESULTS.md in parts that each fit a 10-minute
+# call on a lent GPU machine; every JSON and log ends up in OUT/results.tgz.
+#
+# Usage: OUT=dir bash benchmarks/gpu_session.sh PART...
+# Parts: core (AE peer settings, time to first result, features),
+#        grid (the rest of the train_speed grid), levers (XLA flags, unroll,
+#        bf16), ab (the library against an older copy in .ab/), final (time
+#        to first result, bf16 at full size, features on more clips).
+# A missing Python package is installed from wheels in .whl/ when present;
+# each step has its own time limit so one failure does not lose the rest.
+set -u
+OUT=${OUT:?set OUT to a folder for the results}
+RESULTS=$(mktemp -d)
+trap 'tar czf "$OUT/results.tgz" -C "$RESULTS" .' EXIT
+export PYTHONUNBUFFERED=1
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+step() {  # step NAME SECONDS COMMAND...: one timed, logged command.
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name ($(date -u +%H:%M:%S))"
+  timeout "$limit" "$@" >"$RESULTS/$name.log" 2>&1
+  echo "== $name exit $? ($(date -u +%H:%M:%S))"
+  tail -n 15 "$RESULTS/$name.log"
+}
+
+ae_settings=AE:512:1x1,AE:512:6x1,AE:39552:6x1
+for part in "$@"; do
+  case $part in
+    core)
+      nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm \
+        --format=csv
+      python3 -c "import jax, flax, optax, orbax.checkpoint as o;
+print(jax.__version__, flax.__version__, optax.__version__, o.__version__,
+jax.devices())"
+      step ae_peer 270 python3 benchmarks/train_speed.py --peer \
+        --settings=$ae_settings --out="$RESULTS/gpu_ae_peer.json"
+      step ttfr 150 python3 benchmarks/time_to_first_result.py \
+        --out="$RESULTS/gpu_ttfr.json"
+      step features 120 python3 benchmarks/feature_speed.py \
+        --clips_per_id=30 --repeats=3 --out="$RESULTS/gpu_features.json"
+      ;;
+    grid)
+      step grid_ae 230 python3 benchmarks/train_speed.py \
+        --settings=AE:512:6x1,AE:512:6x4,AE:39552:1x1,AE:39552:6x4 \
+        --dump_hlo="$RESULTS/hlo" --out="$RESULTS/gpu_grid_ae.json"
+      step grid_vae_idnn 300 python3 benchmarks/train_speed.py \
+        --settings=VAE:512:1x1,VAE:512:6x1,VAE:512:6x4,VAE:39552:6x1,IDNN:512:1x1,IDNN:512:6x1,IDNN:512:6x4,IDNN:39552:6x1 \
+        --repeats=3 --out="$RESULTS/gpu_grid_vae_idnn.json"
+      ;;
+    levers)
+      # A/B on the launch-bound setting, fewer clips to leave time for
+      # compiles; every variant against the default in the same call.
+      small="--clips_per_group=2000 --repeats=5"
+      step lever_default 120 python3 benchmarks/train_speed.py $small \
+        --settings=AE:512:6x1,AE:39552:6x1 --out="$RESULTS/lever_default.json"
+      XLA_FLAGS=--xla_gpu_enable_command_buffer= step lever_no_cmdbuf 90 \
+        python3 benchmarks/train_speed.py $small --settings=AE:512:6x1 \
+        --out="$RESULTS/lever_no_cmdbuf.json"
+      XLA_FLAGS=--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL \
+        step lever_while_cmdbuf 120 python3 benchmarks/train_speed.py $small \
+        --settings=AE:512:6x1 --out="$RESULTS/lever_while_cmdbuf.json"
+      for unroll in 4 16; do
+        step lever_unroll$unroll 150 python3 benchmarks/train_speed.py $small \
+          --settings=AE:512:6x1 --scan_unroll=$unroll \
+          --out="$RESULTS/lever_unroll$unroll.json"
+      done
+      step lever_bf16 120 python3 benchmarks/train_speed.py $small \
+        --compute_dtype=bfloat16 --settings=AE:512:6x1,AE:39552:6x1 \
+        --out="$RESULTS/lever_bf16.json"
+      ;;
+    ab)
+      # The library before and after a change, same call: .ab/ holds the
+      # older aeasd_jax, benchmarks and configs (git archive of that commit).
+      small="--clips_per_group=2000 --repeats=5 --settings=AE:512:6x1,AE:39552:6x1"
+      step ab_before 120 python3 .ab/benchmarks/train_speed.py $small \
+        --out="$RESULTS/ab_before.json"
+      step ab_after 120 python3 benchmarks/train_speed.py $small \
+        --out="$RESULTS/ab_after.json"
+      step ab_fast_variance 120 python3 benchmarks/train_speed.py $small \
+        --bn_fast_variance --out="$RESULTS/ab_fast_variance.json"
+      ;;
+    final)
+      step ttfr 150 python3 benchmarks/time_to_first_result.py \
+        --out="$RESULTS/gpu_ttfr.json"
+      step bf16 150 python3 benchmarks/train_speed.py --compute_dtype=bfloat16 \
+        --settings=AE:512:6x1,AE:39552:6x1,IDNN:39552:6x1 --repeats=3 \
+        --out="$RESULTS/gpu_bf16.json"
+      step features 110 python3 benchmarks/feature_speed.py \
+        --clips_per_id=60 --repeats=3 --out="$RESULTS/gpu_features.json"
+      ;;
+    *) echo "unknown part $part"; exit 2 ;;
+  esac
+done
