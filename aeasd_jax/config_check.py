@@ -44,8 +44,7 @@ def check_config(config):
   """Raises AeasdError for the first setting that is out of range."""
   for setting in ("model.frames", "model.n_mels", "model.hidden",
                   "model.depth", "model.bottleneck", "train.epochs",
-                  "train.batch_size", "train.scan_unroll", "train.num_seeds",
-                  "train.select_every",
+                  "train.batch_size", "train.num_seeds", "train.select_every",
                   "train.checkpoint_every", "train.keep_checkpoints",
                   "train.log_every", "score.batch_windows",
                   "data.decode_workers", "data.feature_batch",
@@ -55,7 +54,6 @@ def check_config(config):
   _choice(config, "model.name", set(models.MODELS))
   _choice(config, "model.kl_reduction", {"mean", "sum"})
   _choice(config, "model.compute_dtype", {"float32", "bfloat16"})
-  _choice(config, "model.bn_fast_variance", {False, True})
   _choice(config, "data.group_by", {"type", "type_id"})
   _choice(config, "train.select_by", {"val_loss", "dev_auc"})
   _choice(config, "score.pooling", set(scoring.POOLINGS))

@@ -24,25 +24,23 @@ class DenseBlock(nnx.Module):
   """Dense -> BatchNorm -> ReLU, the unit both autoencoders are built of."""
 
   def __init__(self, in_features, out_features, *, bn_momentum, bn_epsilon,
-               bn_fast_variance, dtype, rngs):
+               dtype, rngs):
     self.dense = _dense(in_features, out_features, dtype, rngs)
-    # By default the two-pass variance, as Keras and PyTorch compute it: the
-    # one-pass E[x^2] - E[x]^2 can lose digits on activations of raw dB
-    # features, but needs fewer kernels. The statistics stay in float32
-    # whatever the matmuls compute in.
+    # Two-pass variance, as Keras and PyTorch compute it: the fast
+    # E[x^2] - E[x]^2 loses digits on activations of raw dB features. The
+    # statistics stay in float32 whatever the matmuls compute in.
     self.norm = nnx.BatchNorm(out_features, momentum=bn_momentum,
-                              epsilon=bn_epsilon,
-                              use_fast_variance=bn_fast_variance,
+                              epsilon=bn_epsilon, use_fast_variance=False,
                               dtype=jnp.float32, rngs=rngs)
 
   def __call__(self, x, *, train):
     return nnx.relu(self.norm(self.dense(x), use_running_average=not train))
 
 
-def _stack(widths, bn_momentum, bn_epsilon, bn_fast_variance, dtype, rngs):
+def _stack(widths, bn_momentum, bn_epsilon, dtype, rngs):
   return nnx.List([
       DenseBlock(a, b, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
-                 bn_fast_variance=bn_fast_variance, dtype=dtype, rngs=rngs)
+                 dtype=dtype, rngs=rngs)
       for a, b in zip(widths[:-1], widths[1:])])
 
 
@@ -54,10 +52,9 @@ class Autoencoder(nnx.Module):
   """
 
   def __init__(self, in_features, out_features, *, hidden, depth, bottleneck,
-               bn_momentum, bn_epsilon, bn_fast_variance=False,
-               dtype=jnp.float32, rngs):
-    bn = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
-              bn_fast_variance=bn_fast_variance, dtype=dtype, rngs=rngs)
+               bn_momentum, bn_epsilon, dtype=jnp.float32, rngs):
+    bn = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, dtype=dtype,
+              rngs=rngs)
     self.encoder = _stack([in_features] + [hidden] * depth + [bottleneck], **bn)
     self.decoder = _stack([bottleneck] + [hidden] * depth, **bn)
     # The output (and the VAE's heads) stay float32: scores are small
@@ -81,10 +78,9 @@ class VariationalAutoencoder(nnx.Module):
   """
 
   def __init__(self, in_features, out_features, *, hidden, depth, bottleneck,
-               bn_momentum, bn_epsilon, bn_fast_variance=False,
-               dtype=jnp.float32, rngs):
-    bn = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
-              bn_fast_variance=bn_fast_variance, dtype=dtype, rngs=rngs)
+               bn_momentum, bn_epsilon, dtype=jnp.float32, rngs):
+    bn = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, dtype=dtype,
+              rngs=rngs)
     self.encoder = _stack([in_features] + [hidden] * depth, **bn)
     self.mean = _dense(hidden, bottleneck, jnp.float32, rngs)
     self.log_variance = _dense(hidden, bottleneck, jnp.float32, rngs)
@@ -138,5 +134,4 @@ def build(model_config, rngs):
       depth=model_config.depth, bottleneck=model_config.bottleneck,
       bn_momentum=model_config.bn_momentum,
       bn_epsilon=model_config.bn_epsilon,
-      bn_fast_variance=model_config.bn_fast_variance,
       dtype=jnp.dtype(model_config.compute_dtype), rngs=rngs)

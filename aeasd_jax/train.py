@@ -46,7 +46,6 @@ class Setup:
   interpolate: bool
   frames_per_window: int
   batch_size: int
-  scan_unroll: int  # Training steps per loop iteration of the epoch's scan.
   beta: float
   kl_reduction: str
   group_of_model: np.ndarray  # [models] group row of each model.
@@ -69,7 +68,6 @@ def make_setup(config, group_names, mesh):
       interpolate=models.MODELS[config.model.name].interpolate,
       frames_per_window=config.model.frames,
       batch_size=config.train.batch_size,
-      scan_unroll=config.train.scan_unroll,
       beta=config.model.beta,
       kl_reduction=config.model.kl_reduction,
       group_of_model=np.repeat(np.arange(len(group_names)), num_seeds),
@@ -193,8 +191,7 @@ def train_pass(setup, state, totals, windows, part):
 
   carry = (state["params"], state["batch_stats"], state["opt_state"])
   (params, batch_stats, opt_state), metrics = jax.lax.scan(
-      body, carry, (order, active, jnp.arange(num_steps)),
-      unroll=min(setup.scan_unroll, num_steps))
+      body, carry, (order, active, jnp.arange(num_steps)))
   totals = {
       "loss": totals["loss"] + jnp.sum(jnp.where(active, metrics["loss"], 0), 0),
       "steps": totals["steps"] + jnp.sum(active, 0),

@@ -3,12 +3,19 @@
 # call on a lent GPU machine; every JSON and log ends up in OUT/results.tgz.
 #
 # Usage: OUT=dir bash benchmarks/gpu_session.sh PART...
-# Parts: core (AE peer settings, time to first result, features),
-#        grid (the rest of the train_speed grid), levers (XLA flags, unroll,
-#        bf16), ab (the library against an older copy in .ab/), final (time
-#        to first result, bf16 at full size, features on more clips).
-# A missing Python package is installed from wheels in .whl/ when present;
-# each step has its own time limit so one failure does not lose the rest.
+# Parts:
+#   core    AE with the PyTorch peer, time to first result, feature cache
+#   grid    the rest of the train_speed grid, with the AE epoch HLO dumped
+#   levers  command buffers off / with WHILE, and bfloat16, against the
+#           default in the same call
+#   ab      this library against an older copy in .ab/, made with
+#           `git archive OLD aeasd_jax benchmarks configs | tar -x -C .ab`
+#   final   time to first result again, bfloat16 at full size, features on
+#           more clips
+# soundfile, ml-collections and librosa (feature_speed's baseline) are not on
+# the GPU image: put their wheels in .whl/ (see the device notes in RESULTS.md)
+# and they are installed first. Each step has its own time limit, so one
+# failure does not lose the rest.
 set -u
 OUT=${OUT:?set OUT to a folder for the results}
 RESULTS=$(mktemp -d)
@@ -65,11 +72,6 @@ jax.devices())"
       XLA_FLAGS=--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL \
         step lever_while_cmdbuf 120 python3 benchmarks/train_speed.py $small \
         --settings=AE:512:6x1 --out="$RESULTS/lever_while_cmdbuf.json"
-      for unroll in 4 16; do
-        step lever_unroll$unroll 150 python3 benchmarks/train_speed.py $small \
-          --settings=AE:512:6x1 --scan_unroll=$unroll \
-          --out="$RESULTS/lever_unroll$unroll.json"
-      done
       step lever_bf16 120 python3 benchmarks/train_speed.py $small \
         --compute_dtype=bfloat16 --settings=AE:512:6x1,AE:39552:6x1 \
         --out="$RESULTS/lever_bf16.json"
@@ -82,8 +84,6 @@ jax.devices())"
         --out="$RESULTS/ab_before.json"
       step ab_after 120 python3 benchmarks/train_speed.py $small \
         --out="$RESULTS/ab_after.json"
-      step ab_fast_variance 120 python3 benchmarks/train_speed.py $small \
-        --bn_fast_variance --out="$RESULTS/ab_fast_variance.json"
       ;;
     final)
       step ttfr 150 python3 benchmarks/time_to_first_result.py \

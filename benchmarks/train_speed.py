@@ -133,15 +133,12 @@ def _peak_device_bytes():
 
 
 def time_setting(setting, host_windows, clips_per_group, repeats,
-                 compute_dtype, scan_unroll, bn_fast_variance=False,
-                 dump_hlo=None):
+                 compute_dtype, dump_hlo=None):
   """Compiles and times one setting's epoch; returns its JSON record."""
   config = CONFIGS[setting.model].get_config()
   config.train.batch_size = setting.batch_size
   config.train.num_seeds = setting.seeds
-  config.train.scan_unroll = scan_unroll
   config.model.compute_dtype = compute_dtype
-  config.model.bn_fast_variance = bn_fast_variance
   val_windows = int(host_windows.val_counts.max())
   config_check.check_config(config)
   group_names = [f"group{g}" for g in range(setting.groups)]
@@ -153,7 +150,7 @@ def time_setting(setting, host_windows, clips_per_group, repeats,
   if dump_hlo:
     path = pathlib.Path(dump_hlo) / (
         f"{setting.model}_{setting.batch_size}_{setting.groups}x"
-        f"{setting.seeds}_{compute_dtype}_unroll{scan_unroll}.hlo.txt")
+        f"{setting.seeds}_{compute_dtype}.hlo.txt")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(program.as_text())
   # The epoch donates the state, so every call takes the one returned last.
@@ -174,8 +171,7 @@ def time_setting(setting, host_windows, clips_per_group, repeats,
       "model": setting.model, "batch_size": setting.batch_size,
       "groups": setting.groups, "seeds": setting.seeds,
       "models": setting.num_models, "clips_per_group": clips_per_group,
-      "compute_dtype": compute_dtype, "scan_unroll": scan_unroll,
-      "bn_fast_variance": bn_fast_variance,
+      "compute_dtype": compute_dtype,
       "val_windows_per_group": val_windows,
       "steps_per_epoch": int(steps.max()), "samples_per_epoch": samples,
       "samples_per_s": rate,
@@ -185,8 +181,6 @@ def time_setting(setting, host_windows, clips_per_group, repeats,
       "compile_s": compile_s, "epoch_s": statistics.median(epoch_s),
       "epoch_s_all": epoch_s,
       "program_bytes": _program_bytes(program),
-      # Non-zero when XLA put parts of the epoch into CUDA graphs.
-      "hlo_command_buffers": program.as_text().count("command_buffer"),
       "peak_device_bytes": _peak_device_bytes(),
       "finite": bool(np.all(jax.device_get(metrics["finite"]))),
   }
@@ -280,13 +274,6 @@ def parse_args(argv):
       "--compute_dtype", choices=("float32", "bfloat16"), default="float32",
       help="config.model.compute_dtype for every setting")
   parser.add_argument(
-      "--scan_unroll", type=common.positive_int,
-      help="config.train.scan_unroll for every setting; default the"
-      " model's config")
-  parser.add_argument(
-      "--bn_fast_variance", action="store_true",
-      help="config.model.bn_fast_variance=True for every setting")
-  parser.add_argument(
       "--dump_hlo", help="write each setting's optimised epoch HLO here")
   parser.add_argument(
       "--torch_threads", type=common.positive_int,
@@ -318,10 +305,8 @@ def main(argv=None):
         host.frames[:setting.groups * (clips + args.val_clips)
                     * FRAMES_PER_CLIP],
         *(x[:setting.groups] for x in host[1:]))
-    unroll = (args.scan_unroll or
-              CONFIGS[setting.model].get_config().train.scan_unroll)
     record = time_setting(setting, host, clips, repeats, args.compute_dtype,
-                          unroll, args.bn_fast_variance, args.dump_hlo)
+                          args.dump_hlo)
     if peer_torch is not None and setting.model == "AE":
       rates = peer_rates(peer_torch, record, args.peer_steps, repeats,
                          peer_cache)

@@ -69,9 +69,6 @@ def get_config():
   # Keras' BatchNormalization defaults, as the baseline trained with.
   config.model.bn_momentum = 0.99
   config.model.bn_epsilon = 1e-3
-  # True: one-pass E[x^2] - E[x]^2 batch variance (fewer kernels per step);
-  # False: the two-pass variance Keras and PyTorch compute.
-  config.model.bn_fast_variance = False
   # "bfloat16": hidden matmuls in bfloat16, parameters, BatchNorm statistics,
   # the output layer and the loss in float32. See benchmarks/NOTES.md for its
   # measured quality before using it.
@@ -82,10 +79,6 @@ def get_config():
   config.train = ml_collections.ConfigDict()
   config.train.epochs = 100
   config.train.batch_size = 512
-  # Steps per iteration of the epoch's loop. On a GPU each iteration costs a
-  # host round trip and a launch of every kernel, so small batches gain from
-  # several; the compile grows with it (benchmarks/NOTES.md).
-  config.train.scan_unroll = 1
   config.train.learning_rate = 1e-3
   config.train.adam_eps = 1e-8  # optax's default; Keras used 1e-7.
   config.train.num_seeds = 1  # Independent models per group.
