@@ -12,10 +12,13 @@
 #           `git archive OLD aeasd_jax benchmarks configs | tar -x -C .ab`
 #   final   time to first result again, bfloat16 at full size, features on
 #           more clips
-# soundfile, ml-collections and librosa (feature_speed's baseline) are not on
-# the GPU image: put their wheels in .whl/ (see the device notes in RESULTS.md)
-# and they are installed first. Each step has its own time limit, so one
-# failure does not lose the rest.
+# soundfile, ml-collections and librosa (feature_speed's baseline) were not on
+# the GPU image; their wheels in .whl/ are installed first. They were fetched
+# with `pip download --no-deps --only-binary=:all: --python-version 3.12
+# --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64
+# --platform any -d .whl soundfile cffi pycparser ml-collections librosa
+# audioread decorator pooch platformdirs soxr`. Each step has its own time
+# limit, so one failure does not lose the rest.
 set -u
 OUT=${OUT:?set OUT to a folder for the results}
 RESULTS=$(mktemp -d)
