@@ -328,6 +328,7 @@ class Trainer:
     self.init_fn = jax.jit(functools.partial(init_state, self.setup),
                            out_shardings=self.replicated)
     self.init_program = None
+    self._abstract_state = None
     self.programs = None
 
   def put(self, host_windows):
@@ -379,18 +380,25 @@ class Trainer:
 
   def abstract_state(self):
     """The state's shapes and shardings, for compiling and restoring."""
-    return abstract_with_sharding(
-        jax.eval_shape(functools.partial(init_state, self.setup), self.keys),
-        self.replicated)
+    if self._abstract_state is None:
+      self._abstract_state = abstract_with_sharding(
+          jax.eval_shape(functools.partial(init_state, self.setup), self.keys),
+          self.replicated)
+    return self._abstract_state
 
   def compile(self):
     """Compiles the epoch's programs ahead of time, from shapes alone."""
-    # The random initialisation is a sizeable program too (3 s of XLA time on
-    # an H100), so it compiles on a thread beside the epoch's.
+    # Tracing the initialisation gives the state's shapes too, which spares
+    # abstract_state() a second trace (0.3 s on a CPU). Its XLA compile is
+    # sizeable (3 s on an H100), so it runs on a thread beside the epoch's.
+    init = self.init_fn.lower(self.keys)
+    if self._abstract_state is None:
+      self._abstract_state = abstract_with_sharding(init.out_info,
+                                                    self.replicated)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-      init = pool.submit(lambda: self.init_fn.lower(self.keys).compile())
+      init_program = pool.submit(init.compile)
       self.programs = self._compile_epoch()
-      self.init_program = init.result()
+      self.init_program = init_program.result()
 
   def _compile_epoch(self):
     state = self.abstract_state()
