@@ -182,12 +182,7 @@ def train_pass(setup, state, totals, windows, part):
     new = jax.vmap(functools.partial(train_step, setup))(
         params, batch_stats, opt_state, window, fold(step_keys, step))
     new_carry, metrics = new[:3], new[3]
-
-    def keep_if_inactive(updated, old):
-      mask = step_active.reshape((-1,) + (1,) * (updated.ndim - 1))
-      return jnp.where(mask, updated, old)
-
-    return jax.tree.map(keep_if_inactive, new_carry, carry), metrics
+    return _per_model_where(step_active, new_carry, carry), metrics
 
   carry = (state["params"], state["batch_stats"], state["opt_state"])
   (params, batch_stats, opt_state), metrics = jax.lax.scan(
@@ -272,17 +267,23 @@ def validation_loss(setup, params, batch_stats, windows):
 def keep_best(state, metric):
   """Copies each model's weights into state["best"] where `metric` improved."""
   better = metric < state["best"]["metric"]
-
-  def choose(new, old):
-    return jnp.where(better.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
-
   best = state["best"]
   return {**state, "best": {
-      "params": jax.tree.map(choose, state["params"], best["params"]),
-      "batch_stats": jax.tree.map(choose, state["batch_stats"],
-                                  best["batch_stats"]),
+      "params": _per_model_where(better, state["params"], best["params"]),
+      "batch_stats": _per_model_where(better, state["batch_stats"],
+                                      best["batch_stats"]),
       "metric": jnp.where(better, metric, best["metric"]),
       "epoch": jnp.where(better, state["epoch"], best["epoch"])}}
+
+
+def _per_model_where(mask, new, old):
+  """Takes each model's slice of `new` where mask [models] is set, else `old`'s.
+
+  Both trees are stacked over models on their first axis.
+  """
+  return jax.tree.map(
+      lambda n, o: jnp.where(mask.reshape((-1,) + (1,) * (n.ndim - 1)), n, o),
+      new, old)
 
 
 class Trainer:
