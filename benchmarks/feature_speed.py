@@ -105,12 +105,14 @@ def main(argv=None):
   # The first build compiles the log-mel program (seconds on a GPU); later
   # builds in this process reuse it, as a long build amortises it.
   first = len(clips) / build_s[0]
-  ours = len(clips) / statistics.median(build_s[1:] or build_s)
+  later = build_s[1:] or build_s
+  ours = len(clips) / statistics.median(later)
   device = jax.local_devices()[0]
   print(f"{len(clips)} clips of {args.seconds:g} s on {device.device_kind}"
         f" ({device.platform})")
   print(f"aeasd_jax cache build: {ours:.1f} clips/s (median of"
-        f" {max(repeats - 1, 1)} build(s) after the first); first build, log-mel"
+        f" {len(later)} build(s){' after the first' if build_s[1:] else ''});"
+        " first build, log-mel"
         f" compile included: {first:.1f} clips/s ({build_s[0]:.2f} s)")
   versions = {"librosa": librosa.__version__} if librosa else {}
   result = {
