@@ -66,7 +66,7 @@ def cache_key(clips, feature_params, audio_params):
 
 def build_or_load(clips, feature_params, cache_dir, *, resample=False,
                   skip_bad_files=False, num_workers=8, batch_size=64,
-                  show_progress=True):
+                  batch_seconds=640.0, show_progress=True):
   """Loads the cache for these clips and settings, building it if needed.
 
   Args:
@@ -77,7 +77,9 @@ def build_or_load(clips, feature_params, cache_dir, *, resample=False,
     skip_bad_files: leave bad files out (listed in a report) instead of
       stopping with the list of them.
     num_workers: threads decoding audio files.
-    batch_size: clips per log-mel call on the device.
+    batch_size: the most clips per log-mel call on the device.
+    batch_seconds: the most audio seconds per log-mel call, which bounds its
+      memory; a clip longer than this goes in a call of its own.
     show_progress: print a clips/s progress line while building.
 
   Returns:
@@ -91,7 +93,7 @@ def build_or_load(clips, feature_params, cache_dir, *, resample=False,
   directory = pathlib.Path(cache_dir) / key
   if not directory.is_dir():
     _build(directory, clips, feature_params, resample, skip_bad_files,
-           num_workers, batch_size, show_progress)
+           num_workers, batch_size, batch_seconds, show_progress)
   cache = load(directory)
   if cache.bad_files and not skip_bad_files:
     # The cache was built with skip_bad_files=True; this run asked to stop.
@@ -147,7 +149,7 @@ def _checksum(body):
 
 
 def _build(directory, clips, feature_params, resample, skip_bad_files,
-           num_workers, batch_size, show_progress):
+           num_workers, batch_size, batch_seconds, show_progress):
   """Computes all frames into a temporary folder, then renames it."""
   directory.parent.mkdir(parents=True, exist_ok=True)
   _remove_abandoned_builds(directory)
@@ -157,7 +159,7 @@ def _build(directory, clips, feature_params, resample, skip_bad_files,
   try:
     kept, lengths, bad = _compute_frames(
         tmp / FRAMES_FILE, clips, feature_params, resample, num_workers,
-        batch_size, show_progress)
+        batch_size, batch_seconds, show_progress)
     if bad and not skip_bad_files:
       raise _bad_files_error(bad)
     if bad:
@@ -196,17 +198,24 @@ def _remove_abandoned_builds(directory):
 
 
 def _compute_frames(frames_path, clips, feature_params, resample, num_workers,
-                    batch_size, show_progress):
+                    batch_size, batch_seconds, show_progress):
   """Decodes clips on threads and runs log-mel in batches on the device."""
   log_mel = jax.jit(lambda y: features.log_mel(y, **feature_params))
   decode = lambda clip: _decode(clip, feature_params, resample)
+  budget = batch_seconds * feature_params["sample_rate"]
   kept, lengths, bad, pending = [], [], [], []
   start = time.perf_counter()
 
+  def clips_per_call(samples):
+    # One 10-minute clip among 10-second ones must not be padded to
+    # batch_size copies of itself.
+    return min(batch_size, max(1, int(budget // samples)))
+
   def flush(out):
-    # One program per clip length: pad every call to batch_size clips.
+    # One program per clip length: pad every call to the same clip count.
     waves = np.stack([w for _, w in pending])
-    padded = np.zeros((batch_size, waves.shape[1]), np.float32)
+    padded = np.zeros((clips_per_call(waves.shape[1]), waves.shape[1]),
+                      np.float32)
     padded[:len(waves)] = waves
     mels = np.asarray(log_mel(padded))[:len(waves)]
     for (clip, _), mel in zip(pending, mels):
@@ -216,28 +225,52 @@ def _compute_frames(frames_path, clips, feature_params, resample, num_workers,
     pending.clear()
 
   with open(frames_path, "wb") as out, \
-      concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
+      concurrent.futures.ThreadPoolExecutor(num_workers) as pool, \
+      _ProgressLine(show_progress) as progress:
     decoded = _in_order(pool, decode, clips, window=4 * num_workers)
     for done, (clip, result) in enumerate(decoded, 1):
       if isinstance(result, AeasdError):
         bad.append(str(result))
       else:
-        if pending and (len(pending) == batch_size
+        if pending and (len(pending) == clips_per_call(pending[0][1].shape[0])
                         or pending[0][1].shape != result.shape):
           flush(out)
         pending.append((clip, result))
-      if show_progress and (done % 50 == 0 or done == len(clips)):
+      if done % 50 == 0 or done == len(clips):
         rate = done / (time.perf_counter() - start)
-        sys.stderr.write(f"\rfeature cache: {done}/{len(clips)} clips,"
-                         f" {rate:.0f} clips/s")
-        sys.stderr.flush()
+        progress.show(f"feature cache: {done}/{len(clips)} clips,"
+                      f" {rate:.0f} clips/s")
     if pending:
       flush(out)
     out.flush()
     os.fsync(out.fileno())
-  if show_progress:
-    sys.stderr.write("\n")
   return kept, lengths, bad
+
+
+class _ProgressLine:
+  """A stderr line rewritten in place, ended however the work stops.
+
+  Without the newline on the way out, an error raised mid-build would be
+  printed on the end of the progress line.
+  """
+
+  def __init__(self, enabled):
+    self._enabled = enabled
+    self._shown = False
+
+  def show(self, text):
+    if self._enabled:
+      sys.stderr.write(f"\r{text}")
+      sys.stderr.flush()
+      self._shown = True
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info):
+    if self._shown:
+      sys.stderr.write("\n")
+      sys.stderr.flush()
 
 
 def _in_order(pool, fn, items, window):

@@ -3,8 +3,12 @@
 A wrong value otherwise fails minutes later, deep inside a compiled program.
 """
 
+import math
 import numbers
 
+import jax
+
+from aeasd_jax import features
 from aeasd_jax import models
 from aeasd_jax import scoring
 from aeasd_jax.errors import AeasdError
@@ -29,19 +33,39 @@ def _positive_int(config, setting):
            and value > 0, setting, value, "a positive integer")
 
 
-def _number_in(config, setting, low, high, expected):
+def _number_in(config, setting, interval):
+  """Requires a finite number, not a bool, inside `interval`.
+
+  `interval` such as "(0, 100)" or "[0, inf)" is both the check and the
+  message, so the two cannot disagree on which bounds are open.
+  """
   value = lookup(config, setting)
-  _require(isinstance(value, numbers.Real) and not isinstance(value, bool)
-           and low <= value <= high, setting, value, expected)
+  low, high = (float(bound) for bound in interval[1:-1].split(","))
+  # Comparisons, not math.isfinite, which overflows on a huge int.
+  ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
+        and -math.inf < value < math.inf
+        and (low < value if interval[0] == "(" else low <= value)
+        and (value < high if interval[-1] == ")" else value <= high))
+  _require(ok, setting, value, f"a number in {interval}")
+
+
+def _bool(config, setting):
+  value = lookup(config, setting)
+  _require(isinstance(value, bool), setting, value, "True or False")
 
 
 def _choice(config, setting, choices):
   value = lookup(config, setting)
-  _require(value in choices, setting, value, f"one of {sorted(choices)}")
+  # Every choice is a string; `in` on a set would raise for a list value.
+  _require(isinstance(value, str) and value in choices, setting, value,
+           f"one of {sorted(choices)}")
 
 
 def check_config(config):
   """Raises AeasdError for the first setting that is out of range."""
+  # First: model.n_mels refers to features.n_mels, and a bad feature setting
+  # should be named as such.
+  features.check_params(dict(config.features), prefix="config.features.")
   for setting in ("model.frames", "model.n_mels", "model.hidden",
                   "model.depth", "model.bottleneck", "train.epochs",
                   "train.batch_size", "train.num_seeds", "train.select_every",
@@ -53,24 +77,34 @@ def check_config(config):
     _positive_int(config, setting)
   _choice(config, "model.name", set(models.MODELS))
   _choice(config, "model.kl_reduction", {"mean", "sum"})
-  _choice(config, "model.compute_dtype", {"float32", "bfloat16"})
+  _choice(config, "model.compute_dtype", {"float32", "bfloat16", "float64"})
+  # Without x64 JAX silently computes "float64" in float32.
+  _require(config.model.compute_dtype != "float64" or jax.config.jax_enable_x64,
+           "model.compute_dtype", config.model.compute_dtype,
+           "jax_enable_x64 for float64 (set JAX_ENABLE_X64=1 before starting"
+           " Python)")
   _choice(config, "data.group_by", {"type", "type_id"})
   _choice(config, "train.select_by", {"val_loss", "dev_auc"})
   _choice(config, "score.pooling", set(scoring.POOLINGS))
   _require(config.model.frames % 2 == 1 or
            not models.MODELS[config.model.name].interpolate, "model.frames",
            config.model.frames, "an odd number for IDNN (a centre frame)")
-  _number_in(config, "train.learning_rate", 1e-12, 1e3, "a number in (0, 1e3]")
-  _number_in(config, "train.adam_eps", 0.0, 1.0, "a number in [0, 1]")
-  _number_in(config, "train.validation_split", 0.0, 0.9,
-             "a fraction in [0, 0.9]")
-  _number_in(config, "model.bn_momentum", 0.0, 1.0, "a number in [0, 1]")
-  _number_in(config, "model.bn_epsilon", 1e-12, 1.0, "a small positive number")
-  _number_in(config, "model.beta", 0.0, 1e6, "a number >= 0")
-  _number_in(config, "score.gwrp_decay", 0.0, 1.0, "a number in [0, 1]")
-  _number_in(config, "score.threshold_percentile", 0.0, 100.0,
-             "a percentile in (0, 100)")
-  _number_in(config, "synth.seconds", 0.1, 600.0, "seconds in [0.1, 600]")
+  for setting, interval in (
+      ("train.learning_rate", "(0, 1e3]"), ("train.adam_eps", "[0, 1]"),
+      ("train.validation_split", "[0, 0.9]"),
+      ("model.bn_momentum", "[0, 1]"), ("model.bn_epsilon", "(0, 1]"),
+      ("model.beta", "[0, 1e6]"), ("score.gwrp_decay", "[0, 1]"),
+      # 100 would put the threshold at the gamma fit's +Infinity.
+      ("score.threshold_percentile", "(0, 100)"),
+      ("synth.seconds", "[0.1, 600]"),
+      ("data.feature_batch_seconds", "(0, inf)")):
+    _number_in(config, setting, interval)
+  for setting in ("data.use_eval_train", "data.resample",
+                  "data.skip_bad_files"):
+    _bool(config, setting)
+  resident = config.data.device_resident
+  _require(resident is None or isinstance(resident, bool),
+           "data.device_resident", resident, "None, True or False")
   if config.train.select_by == "val_loss":
     _require(config.train.validation_split > 0, "train.validation_split",
              config.train.validation_split,

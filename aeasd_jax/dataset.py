@@ -42,7 +42,8 @@ def data_root(config):
     return root
   params = dict(seed=config.synth.seed, clips_per_id=config.synth.clips_per_id,
                 seconds=config.synth.seconds,
-                sample_rate=config.features.sample_rate)
+                # int(): soundfile refuses 16000.0, which check_config allows.
+                sample_rate=int(config.features.sample_rate))
   tag = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
   root = cache_root(config) / "synthetic" / tag.hexdigest()[:12]
   if not root.is_dir():
@@ -74,7 +75,9 @@ def load(config, *, show_progress=True):
       resample=config.data.resample,
       skip_bad_files=config.data.skip_bad_files,
       num_workers=config.data.decode_workers,
-      batch_size=config.data.feature_batch, show_progress=show_progress)
+      batch_size=config.data.feature_batch,
+      batch_seconds=config.data.feature_batch_seconds,
+      show_progress=show_progress)
   groups = data.make_groups(
       features.clips, group_by=config.data.group_by,
       use_eval_train=config.data.use_eval_train,

@@ -51,9 +51,20 @@ def parse_clip(path, machine_type, split, section):
   raise AeasdError(f"{path}: cannot parse the file name; expected {expected}")
 
 
-def _audio_files(folder):
-  return sorted(p for p in folder.iterdir()
-                if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+def audio_files(folder, *, recursive=False):
+  """The .wav and .flac entries of `folder` (and below it if `recursive`).
+
+  Every entry with an audio suffix that is not a folder is listed, dangling
+  symbolic links included, so reading it reports a broken clip as a bad file
+  instead of the clip vanishing from the dataset unnoticed.
+
+  Returns:
+    A sorted list of pathlib.Path.
+  """
+  folder = pathlib.Path(folder)
+  entries = folder.rglob("*") if recursive else folder.iterdir()
+  return sorted(p for p in entries
+                if p.suffix.lower() in AUDIO_SUFFIXES and not p.is_dir())
 
 
 def machine_types_in(root, dev_dir="dev_data"):
@@ -99,7 +110,7 @@ def discover(root, machine_types=(), dev_dir="dev_data", eval_dir="eval_data"):
             raise AeasdError(f"{folder}: missing; expected the {split} clips"
                              f" of {machine_type}")
           continue
-        files = _audio_files(folder)
+        files = audio_files(folder)
         if not files:
           raise AeasdError(f"{folder}: no .wav or .flac files; expected the"
                            f" {split} clips of {machine_type}")

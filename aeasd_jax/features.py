@@ -4,6 +4,7 @@ Reproduces the DCASE 2020 Task 2 baseline's librosa features in jax.numpy.
 """
 
 import functools
+import inspect
 import math
 import sys
 
@@ -45,45 +46,93 @@ def _mel_to_hz(mel, htk):
   return np.where(mel >= _SLANEY_BREAK_MEL, log, linear)
 
 
-def _check_positive_int(name, value):
-  if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-      or value <= 0):
-    raise AeasdError(f'{name} must be a positive integer, got {value!r}.')
+# Keeps a typo such as n_fft=10**7 from allocating hundreds of GiB before it
+# fails; 65536 (4 s at 16 kHz) is far beyond any useful analysis window.
+MAX_N_FFT = 65536
+
+
+def _require(ok, prefix, name, value, expected):
+  if not ok:
+    raise AeasdError(f'{prefix}{name}={value!r}: expected {expected}')
+
+
+def _is_int(value):
+  return (isinstance(value, (int, np.integer))
+          and not isinstance(value, (bool, np.bool_)))
 
 
 def _is_number(value):
-  return (not isinstance(value, bool)
+  return (not isinstance(value, (bool, np.bool_))
           and isinstance(value, (int, float, np.integer, np.floating))
-          and math.isfinite(value))
+          and -math.inf < value < math.inf)
 
 
-def _check_number(name, value):
-  if not _is_number(value):
-    raise AeasdError(f'{name} must be a finite number, got {value!r}.')
+def _check_int_in(prefix, name, value, low, high, why=''):
+  _require(_is_int(value) and low <= value <= high, prefix, name, value,
+           f'an integer in [{low}, {high}]{why}')
 
 
-def _check_positive_number(name, value):
-  if not _is_number(value) or value <= 0:
-    raise AeasdError(f'{name} must be a positive number, got {value!r}.')
+def _check_positive_int(name, value):
+  _require(_is_int(value) and value > 0, '', name, value, 'a positive integer')
 
 
-def _check_mel_args(sample_rate, n_fft, n_mels, fmin, fmax, htk, norm):
-  _check_positive_number('sample_rate', sample_rate)
-  _check_positive_int('n_fft', n_fft)
-  _check_positive_int('n_mels', n_mels)
-  if not isinstance(htk, (bool, np.bool_)):
-    raise AeasdError(f'htk must be True or False, got {htk!r}.')
-  if norm not in _NORMS:
-    raise AeasdError(f"norm must be 'slaney' or None, got {norm!r}.")
-  _check_number('fmin', fmin)
-  if fmax is not None:
-    _check_number('fmax', fmax)
+def _check_mel_args(sample_rate, n_fft, n_mels, fmin, fmax, htk, norm,
+                    prefix=''):
+  """The checks mel_filterbank and log_mel share; see check_params."""
+  _require(_is_number(sample_rate) and sample_rate > 0
+           and sample_rate % 1 == 0, prefix, 'sample_rate', sample_rate,
+           'a positive whole number of Hz')
+  _check_int_in(prefix, 'n_fft', n_fft, 1, MAX_N_FFT)
+  bins = n_fft // 2 + 1
+  _check_int_in(prefix, 'n_mels', n_mels, 1, bins,
+                f' (n_fft // 2 + 1 frequency bins for n_fft={n_fft})')
+  _require(isinstance(htk, (bool, np.bool_)), prefix, 'htk', htk,
+           'True or False')
+  _require(norm is None or (isinstance(norm, str) and norm in _NORMS), prefix,
+           'norm', norm, "'slaney' or None")
   nyquist = sample_rate / 2
-  top = nyquist if fmax is None else fmax
-  if not 0 <= fmin < top <= nyquist:
-    raise AeasdError(
-        f'fmin and fmax must satisfy 0 <= fmin < fmax <= sample_rate/2 '
-        f'({nyquist:g} Hz), got fmin={fmin!r}, fmax={fmax!r}.')
+  _require(_is_number(fmin) and 0 <= fmin < nyquist, prefix, 'fmin', fmin,
+           f'a number of Hz in [0, {nyquist:g}) (below sample_rate / 2)')
+  _require(fmax is None or (_is_number(fmax) and fmin < fmax <= nyquist),
+           prefix, 'fmax', fmax,
+           f'None or a number of Hz in ({fmin:g}, {nyquist:g}] (above fmin,'
+           ' at most sample_rate / 2)')
+
+
+def _check_log_mel_args(sample_rate, n_fft, hop_length, n_mels, power, htk,
+                        norm, pad_mode, log_floor, fmin, fmax, prefix=''):
+  _check_mel_args(sample_rate, n_fft, n_mels, fmin, fmax, htk, norm, prefix)
+  _check_int_in(prefix, 'hop_length', hop_length, 1, n_fft,
+                f' (at most n_fft={n_fft})')
+  _require(_is_number(power) and power > 0, prefix, 'power', power,
+           'a positive number')
+  _require(isinstance(pad_mode, str) and pad_mode in _PAD_MODES, prefix,
+           'pad_mode', pad_mode, "'constant' or 'reflect'")
+  _require(log_floor is None or (_is_number(log_floor) and log_floor > 0),
+           prefix, 'log_floor', log_floor, 'None or a positive number')
+
+
+def check_params(params, prefix=''):
+  """Raises AeasdError unless `params` are valid log_mel keyword arguments.
+
+  The same checks log_mel runs, for config_check to run on config.features
+  before any clip is read.
+
+  Args:
+    params: a mapping of log_mel's arguments other than `y`; a missing one
+      takes log_mel's default.
+    prefix: what to put before each argument's name in a message, such as
+      'config.features.'.
+  """
+  signature = inspect.signature(log_mel)
+  names = [n for n in signature.parameters if n != 'y']
+  unknown = sorted(set(params) - set(names))
+  if unknown:
+    raise AeasdError(f'{prefix}{unknown[0]}: not a log-mel setting; expected'
+                     f' only {names}')
+  arguments = {n: signature.parameters[n].default for n in names}
+  arguments.update(params)
+  _check_log_mel_args(**arguments, prefix=prefix)
 
 
 def mel_filterbank(sample_rate, n_fft, n_mels, fmin=0.0, fmax=None,
@@ -193,14 +242,8 @@ def log_mel(y, sample_rate=16000, n_fft=1024, hop_length=512, n_mels=128,
     AeasdError: if an argument is out of range or `y` is too short.
   """
   # Checked before the cached lookup so unhashable values get an AeasdError.
-  _check_mel_args(sample_rate, n_fft, n_mels, fmin, fmax, htk, norm)
-  _check_positive_int('hop_length', hop_length)
-  _check_positive_number('power', power)
-  if pad_mode not in _PAD_MODES:
-    raise AeasdError(
-        f"pad_mode must be 'constant' or 'reflect', got {pad_mode!r}.")
-  if log_floor is not None:
-    _check_positive_number('log_floor', log_floor)
+  _check_log_mel_args(sample_rate, n_fft, hop_length, n_mels, power, htk,
+                      norm, pad_mode, log_floor, fmin, fmax)
   filterbank = _cached_filterbank(sample_rate, n_fft, n_mels, fmin, fmax,
                                   htk, norm)
 

@@ -18,6 +18,10 @@ def get_config():
   # JAX's persistent compilation cache: empty for <cache_dir>/jax, "off" to
   # disable. A second identical run then skips compilation.
   config.compile_cache_dir = ""
+  # A run locks its workdir and refreshes the lock every quarter of this; a
+  # lock from another host that is older than this many seconds is taken
+  # over (on the same host a dead holder is seen at once).
+  config.workdir_lock_stale_s = 60.0
 
   config.data = ml_collections.ConfigDict()
   # Empty: the bundled synthetic dataset (generated once under cache_dir).
@@ -37,6 +41,9 @@ def get_config():
   config.data.stream_chunk_clips = 256  # Clips per group per streamed chunk.
   config.data.decode_workers = 8
   config.data.feature_batch = 64  # Clips per log-mel call while caching.
+  # Audio seconds per log-mel call (64 clips of 10 s), which bounds its
+  # memory: longer clips go in calls of fewer clips, at least one.
+  config.data.feature_batch_seconds = 640.0
 
   # The bundled dataset, used when data.root is empty (aeasd_jax/synth.py).
   config.synth = ml_collections.ConfigDict()
@@ -71,7 +78,8 @@ def get_config():
   config.model.bn_epsilon = 1e-3
   # "bfloat16": hidden matmuls in bfloat16, parameters, BatchNorm statistics,
   # the output layer and the loss in float32. See benchmarks/NOTES.md for its
-  # measured quality before using it.
+  # measured quality before using it. "float64": everything in float64, for
+  # equivalence tests; needs JAX_ENABLE_X64=1.
   config.model.compute_dtype = "float32"
   config.model.beta = 1.0  # KL weight (VAE, VIDNN).
   config.model.kl_reduction = "mean"  # "sum" over the batch as AE-ASD.

@@ -3,6 +3,8 @@
 import builtins
 import os
 import re
+import struct
+import threading
 
 import numpy as np
 import pytest
@@ -199,3 +201,148 @@ def test_min_samples_applies_after_resampling(tmp_path):
                 rate=44100)
   with _raises(down, "726 samples", "expected a longer clip"):
     audio.read_audio(down, resample=True, min_samples=1024)
+
+
+# The layouts libsndfile writes with a .wav name: plain RIFF, RIFF with fact
+# and PEAK chunks (float), WAVE_FORMAT_EXTENSIBLE, big-endian RIFX, RF64 (sizes
+# in a ds64 chunk) and Sony Wave64 (GUID chunk ids, 64-bit sizes).
+_WAV_LAYOUTS = [
+    (dict(format="WAV", subtype="PCM_16"), 2),
+    (dict(format="WAV", subtype="FLOAT"), 4),
+    (dict(format="WAVEX", subtype="PCM_24"), 3),
+    (dict(format="WAV", subtype="PCM_16", endian="BIG"), 2),
+    (dict(format="RF64", subtype="PCM_16"), 2),
+    (dict(format="W64", subtype="PCM_16"), 2),
+    (dict(format="WAV", subtype="PCM_U8"), 1),
+]
+
+
+@pytest.mark.parametrize("layout,sample_bytes", _WAV_LAYOUTS)
+@pytest.mark.parametrize("channels", [1, 2])
+def test_truncated_wav_is_reported(tmp_path, layout, sample_bytes, channels):
+  x = np.stack([_sine()] * channels, axis=1)
+  good = tmp_path / "good.wav"
+  soundfile.write(good, x, SR, **layout)
+  np.testing.assert_allclose(audio.read_audio(good), _sine(), rtol=0,
+                             atol=1.0 / 2**7)
+  data = good.read_bytes()
+  declared = x.size * sample_bytes
+  # libsndfile writes the data chunk last, so its header ends here.
+  data_start = len(data) - declared
+  for kept in (len(data) // 2, len(data) - 1):
+    path = tmp_path / f"cut_{kept}.wav"
+    path.write_bytes(data[:kept])
+    with _raises(path, re.escape(
+        f"truncated: the data chunk declares {declared} bytes but the file"
+        f" holds {kept - data_start}; expected a complete WAV file")):
+      audio.read_audio(path)
+
+
+def _riff(chunks):
+  """A RIFF WAVE file of (id, body) chunks, each padded to an even size."""
+  body = b"WAVE" + b"".join(
+      chunk_id + struct.pack("<I", len(data)) + data + b"\0" * (len(data) % 2)
+      for chunk_id, data in chunks)
+  return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def _fmt_pcm16(rate=SR, channels=1):
+  return (b"fmt ", struct.pack("<HHIIHH", 1, channels, rate, rate * 2 *
+                               channels, 2 * channels, 16))
+
+
+def test_odd_chunk_before_data_is_padded(tmp_path):
+  x = (np.arange(2000) - 1000).astype("<i2")
+  chunks = [_fmt_pcm16(), (b"LIST", b"odd"), (b"data", x.tobytes())]
+  data = _riff(chunks)
+  path = tmp_path / "odd.wav"
+  path.write_bytes(data)
+  np.testing.assert_array_equal(audio.read_audio(path), x / 2**15)
+  path.write_bytes(data[:-1000])
+  with _raises(path, "declares 4000 bytes but the file holds 3000"):
+    audio.read_audio(path)
+
+
+def test_odd_data_chunk_without_its_pad_byte_is_complete(tmp_path):
+  # Writers often leave out the pad byte after odd-sized 8-bit data; every
+  # sample is there, so the file is whole.
+  x = np.arange(1025, dtype=np.uint8)
+  fmt = (b"fmt ", struct.pack("<HHIIHH", 1, 1, SR, SR, 1, 8))
+  path = tmp_path / "u8.wav"
+  path.write_bytes(_riff([fmt, (b"data", x.tobytes())])[:-1])
+  assert audio.read_audio(path).shape == (1025,)
+
+
+def test_streamed_wav_of_unknown_size_is_read_to_the_end(tmp_path):
+  # A streaming encoder cannot go back to fill in the sizes, so it writes
+  # 0xFFFFFFFF; libsndfile then reads to the end of the file.
+  x = (np.arange(2000) - 1000).astype("<i2")
+  data = bytearray(_riff([_fmt_pcm16(), (b"data", x.tobytes())]))
+  data[4:8] = data[40:44] = b"\xff\xff\xff\xff"
+  path = tmp_path / "streamed.wav"
+  path.write_bytes(bytes(data))
+  np.testing.assert_array_equal(audio.read_audio(path), x / 2**15)
+
+
+def test_truncated_flac_is_reported(tmp_path):
+  good = _write(tmp_path / "good.flac", _sine(seconds=2.0))
+  path = tmp_path / "cut.flac"
+  path.write_bytes(good.read_bytes()[:good.stat().st_size // 2])
+  with _raises(path, "expected"):
+    audio.read_audio(path)
+
+
+def test_fewer_frames_decoded_than_declared_is_reported(tmp_path,
+                                                        monkeypatch):
+  # libsndfile 1.2 reports a cut FLAC itself; a decoder that silently stops
+  # early must still not pass a short clip as a whole one.
+  path = _write(tmp_path / "clip.flac", _sine())
+  real_read = soundfile.SoundFile.read
+  monkeypatch.setattr(soundfile.SoundFile, "read",
+                      lambda self, *a, **k: real_read(self, *a, **k)[:-100])
+  with _raises(path, f"truncated: the header declares {_sine().size} frames"
+               f" but only {_sine().size - 100} decode"):
+    audio.read_audio(path)
+
+
+def test_dangling_symbolic_link(tmp_path):
+  path = tmp_path / "link.wav"
+  path.symlink_to(tmp_path / "gone.wav")
+  with _raises(path, "dangling symbolic link to",
+               re.escape(str(tmp_path / "gone.wav")), "expected"):
+    audio.read_audio(path)
+
+
+def test_symbolic_link_loop(tmp_path):
+  path = tmp_path / "loop.wav"
+  path.symlink_to(path)
+  with _raises(path, "cannot open"):
+    audio.read_audio(path)
+
+
+def _release_fifo_readers(path):
+  # A reader blocks in open() until a writer comes; be that writer, once.
+  try:
+    os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+  except OSError:
+    pass  # No reader: read_audio never opened it.
+
+
+def test_fifo_is_refused_without_blocking(tmp_path):
+  path = tmp_path / "pipe.wav"
+  os.mkfifo(path)
+  # So that a read_audio that does open it fails this test rather than hang.
+  release = threading.Timer(5.0, _release_fifo_readers, [path])
+  release.start()
+  try:
+    with _raises(path, "not a regular file", "expected"):
+      audio.read_audio(path)
+  finally:
+    release.cancel()
+
+
+def test_resample_to_a_float_rate(tmp_path):
+  # check_config accepts sample_rate=16000.0; resampling needs whole factors.
+  path = _write(tmp_path / "at_8k.wav", np.zeros(4000, np.float32), rate=8000)
+  assert audio.read_audio(path, sample_rate=16000.0,
+                          resample=True).shape == (8000,)

@@ -16,6 +16,7 @@ import soundfile
 
 from aeasd_jax import audio
 from aeasd_jax import cache
+from aeasd_jax import dataset
 from aeasd_jax import dcase
 from aeasd_jax import features
 from aeasd_jax.errors import AeasdError
@@ -77,6 +78,7 @@ def _no_rebuild(*args, **kwargs):
   raise AssertionError("the cache was rebuilt")
 
 
+@pytest.mark.numerics
 def test_frames_match_direct_log_mel(tmp_path):
   # Mixed lengths, as ToyCar's 11 s clips beside 10 s ones, interleaved so a
   # batch is cut at every change of length as well as at batch_size.
@@ -442,3 +444,90 @@ def test_disk_full(tmp_path, monkeypatch, filename, allowed):
   _assert_nothing_left(cache_dir, _key(clips))
   fc = cache.build_or_load(clips, FEATURES, cache_dir, **BUILD)
   assert fc.clips == tuple(clips)
+
+
+def test_truncated_and_dangling_files_are_bad_files(tmp_path):
+  clips = _clips(tmp_path, (0.5, 0.5, 1.0))
+  folder = pathlib.Path(clips[0].path).parent
+  data = pathlib.Path(clips[2].path).read_bytes()
+  pathlib.Path(clips[2].path).write_bytes(data[:len(data) // 2])
+  (folder / "normal_id_00_00000009.wav").symlink_to(tmp_path / "gone.wav")
+  listed = [dcase.parse_clip(p, "fan", "train", "dev")
+            for p in dcase.audio_files(folder)]
+  assert len(listed) == 4
+  cache_dir = tmp_path / "cache"
+  with pytest.raises(AeasdError) as info:
+    cache.build_or_load(listed, FEATURES, cache_dir, **BUILD)
+  message = str(info.value)
+  assert "2 bad audio file(s)" in message
+  assert f"{clips[2].path}: truncated: the data chunk declares" in message
+  assert (f"{folder / 'normal_id_00_00000009.wav'}: dangling symbolic link"
+          f" to {tmp_path / 'gone.wav'}") in message
+  fc = cache.build_or_load(listed, FEATURES, cache_dir, skip_bad_files=True,
+                           **BUILD)
+  assert fc.clips == tuple(clips[:2])
+
+
+@pytest.mark.parametrize("interrupt", [RuntimeError, KeyboardInterrupt])
+def test_progress_line_is_ended_when_the_build_stops(tmp_path, monkeypatch,
+                                                     capsys, interrupt):
+  # The last log-mel call comes after the line shows 3/3 clips, so the
+  # failure lands while the line is still open.
+  clips = _clips(tmp_path, (0.5, 0.5, 0.6))
+  real_log_mel = features.log_mel
+  traced = []
+
+  def failing_log_mel(y, **kwargs):
+    traced.append(y.shape)
+    if len(traced) > 1:
+      raise interrupt("interrupted")
+    return real_log_mel(y, **kwargs)
+
+  monkeypatch.setattr(features, "log_mel", failing_log_mel)
+  with pytest.raises(interrupt, match="interrupted"):
+    cache.build_or_load(clips, FEATURES, tmp_path / "cache",
+                        **{**BUILD, "show_progress": True})
+  err = capsys.readouterr().err
+  assert "feature cache: 3/3 clips" in err
+  assert err.endswith("\n")
+
+
+def test_no_progress_line_no_newline(tmp_path, capsys):
+  cache.build_or_load(_clips(tmp_path), FEATURES, tmp_path / "cache", **BUILD)
+  assert capsys.readouterr().err == ""
+
+
+def test_log_mel_calls_hold_at_most_batch_seconds_of_audio(tmp_path,
+                                                           monkeypatch):
+  # A 2 s clip among 0.25 s ones, with a budget of 1 s a call: the short
+  # clips go 4 to a call (batch_size), 0.3 s ones 3, the long one alone.
+  seconds = (0.25,) * 5 + (2.0,) + (0.3,) * 4
+  clips = _clips(tmp_path, seconds)
+  real_log_mel = features.log_mel
+  traced = []
+
+  def recording_log_mel(y, **kwargs):
+    traced.append(y.shape)
+    return real_log_mel(y, **kwargs)
+
+  monkeypatch.setattr(features, "log_mel", recording_log_mel)
+  fc = cache.build_or_load(clips, FEATURES, tmp_path / "cache",
+                           **{**BUILD, "batch_size": 4, "batch_seconds": 1.0})
+  assert sorted(traced) == [(1, 2 * SR), (3, 4800), (4, 4000)]
+  for i, clip in enumerate(clips):
+    direct = np.asarray(_direct_log_mel(audio.read_audio(clip.path)))
+    np.testing.assert_allclose(fc.clip_frames(i), direct, rtol=0, atol=1e-4)
+
+
+def test_dataset_passes_feature_batch_seconds(tiny_config, monkeypatch):
+  seen = {}
+
+  def stop(*args, **kwargs):
+    seen.update(kwargs)
+    raise AeasdError("stop")
+
+  monkeypatch.setattr(cache, "build_or_load", stop)
+  tiny_config.data.feature_batch_seconds = 12.5
+  with pytest.raises(AeasdError, match="stop"):
+    dataset.load(tiny_config, show_progress=False)
+  assert seen["batch_seconds"] == 12.5

@@ -269,3 +269,26 @@ def test_parse_clip_unlabelled_only_in_eval_test():
 def test_parse_clip_rejects(name):
   with _raises(re.escape(name), "cannot parse", "expected"):
     dcase.parse_clip(name, "fan", "train", "dev")
+
+
+def test_audio_files_lists_dangling_links_but_no_folders(tmp_path):
+  folder = tmp_path / "clips"
+  _make_layout(folder, ["b.wav", "c.FLAC", "notes.txt", "deep/d.wav"])
+  (folder / "a.wav").symlink_to(tmp_path / "gone.wav")
+  (folder / "dir.wav").mkdir()
+  (folder / "dirlink.wav").symlink_to(folder / "dir.wav")
+  (folder / "loop.flac").symlink_to(folder / "loop.flac")
+  assert dcase.audio_files(folder) == [
+      folder / "a.wav", folder / "b.wav", folder / "c.FLAC",
+      folder / "loop.flac"]
+  assert dcase.audio_files(folder, recursive=True) == [
+      folder / "a.wav", folder / "b.wav", folder / "c.FLAC",
+      folder / "deep" / "d.wav", folder / "loop.flac"]
+
+
+def test_discover_keeps_a_dangling_link_for_the_bad_file_report(tmp_path):
+  root = _minimal(tmp_path)
+  link = root / "dev_data/fan/train/normal_id_00_00000001.wav"
+  link.symlink_to(tmp_path / "elsewhere.wav")
+  names = [c.name for c in dcase.discover(root) if c.split == "train"]
+  assert names == ["normal_id_00_00000000.wav", link.name]
