@@ -1,16 +1,24 @@
 """Per-epoch metrics: metrics.jsonl in the workdir, TensorBoard when asked.
 
-Only process 0 writes, so multi-process runs log once.
+Only process 0 writes, so multi-process runs log once. Each record is one
+line written by one call, so a run cut short leaves at most its last line
+torn; readers skip that line and the next writer removes it.
 """
 
 import contextlib
 import json
+import logging
+import os
 import pathlib
 import time
 
 import jax
 
+from aeasd_jax import workdir_files
 from aeasd_jax.errors import AeasdError
+
+METRICS_FILE = "metrics.jsonl"
+log = logging.getLogger(__name__)
 
 
 class MetricWriter:
@@ -18,9 +26,12 @@ class MetricWriter:
 
   def __init__(self, workdir, tensorboard=False):
     self.active = jax.process_index() == 0
-    self.path = pathlib.Path(workdir) / "metrics.jsonl"
+    self.path = pathlib.Path(workdir) / METRICS_FILE
     self.summary = None
-    if self.active and tensorboard:
+    if not self.active:
+      return
+    self._repair()
+    if tensorboard:
       try:
         import tensorboardX  # pylint: disable=g-import-not-at-top
       except ImportError:
@@ -29,12 +40,45 @@ class MetricWriter:
             " pip install -e .[tensorboard]") from None
       self.summary = tensorboardX.SummaryWriter(str(self.path.parent))
 
+  def _repair(self):
+    """Cuts a torn last line, which would otherwise join the next record."""
+    data = _read(self.path)
+    if data is None:
+      return
+    _, intact = _parse(self.path, data)
+    try:
+      if intact < len(data):
+        log.warning("%s: removing its last line, which an interrupted write"
+                    " left unfinished", self.path)
+        os.truncate(self.path, intact)
+      elif data and not data.endswith(b"\n"):
+        with open(self.path, "ab") as f:
+          f.write(b"\n")
+    except OSError as e:
+      raise workdir_files.write_error(self.path, e) from None
+
   def write(self, record, step=None):
-    """Writes `record`; flat numeric entries also go to TensorBoard."""
+    """Writes `record`; flat numeric entries also go to TensorBoard.
+
+    Non-finite floats are written as null, keeping each line strict JSON.
+    """
     if not self.active:
       return
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    line = (workdir_files.dumps_json(record) + "\n").encode()
+    size = None
+    try:
+      fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+      try:
+        size = os.fstat(fd).st_size
+        while line:  # os.write may write less than asked, e.g. on a full disk.
+          line = line[os.write(fd, line):]
+      finally:
+        os.close(fd)
+    except OSError as e:
+      if size is not None:
+        with contextlib.suppress(OSError):
+          os.truncate(self.path, size)
+      raise workdir_files.write_error(self.path, e) from None
     if self.summary is not None and step is not None:
       for name, value in _flatten(record):
         self.summary.add_scalar(name, value, step)
@@ -43,6 +87,93 @@ class MetricWriter:
   def close(self):
     if self.summary is not None:
       self.summary.close()
+
+
+def read_records(path_or_workdir):
+  """The records of a metrics.jsonl (or of the one in a workdir), in order.
+
+  A last line that does not parse, which an interrupted write leaves, is
+  skipped with a warning.
+
+  Raises:
+    AeasdError: the file is missing, or damaged before its last line.
+  """
+  path = pathlib.Path(path_or_workdir)
+  if path.is_dir():
+    path /= METRICS_FILE
+  data = _read(path)
+  if data is None:
+    raise workdir_files.missing_error(path)
+  lines, intact = _parse(path, data)
+  if intact < len(data):
+    log.warning("%s: skipping its last line, which an interrupted write left"
+                " unfinished", path)
+  return [record for _, record in lines]
+
+
+def drop_epochs_after(workdir, epoch):
+  """Removes the records of epochs after `epoch` from metrics.jsonl.
+
+  A resumed run logs those epochs again; their old records belong to
+  weights the resumption discards. Other records keep their order.
+
+  Args:
+    workdir: the run's folder.
+    epoch: the checkpoint the run resumes from; None (no checkpoint) drops
+      every epoch record.
+  """
+  if jax.process_index() != 0:
+    return
+  path = pathlib.Path(workdir) / METRICS_FILE
+  data = _read(path)
+  if data is None:
+    return
+  lines, intact = _parse(path, data)
+  kept = [line for line, record in lines
+          if "epoch" not in record or (epoch is not None and
+                                       record["epoch"] <= epoch)]
+  if len(kept) == len(lines) and intact == len(data):
+    return
+  log.info("%s: dropping %d record(s) of epochs after %s, which this run logs"
+           " again", path, len(lines) - len(kept),
+           "the start" if epoch is None else epoch)
+  try:
+    with workdir_files.atomic_open(path, "wb") as f:
+      f.writelines(line.rstrip(b"\n") + b"\n" for line in kept)
+  except OSError as e:
+    raise workdir_files.write_error(path, e) from None
+
+
+def _read(path):
+  return workdir_files.read_bytes(path, "expected a readable metrics log")
+
+
+def _parse(path, data):
+  """([(line, record)], length of the intact part) of a metrics log.
+
+  Raises:
+    AeasdError: a line before the last one does not parse; no interrupted
+      write leaves that.
+  """
+  lines = data.splitlines(keepends=True)
+  parsed, intact = [], 0
+  for number, line in enumerate(lines, 1):
+    if line.strip():
+      try:
+        record = json.loads(line)
+      except ValueError as e:  # Also a UnicodeDecodeError.
+        if number == len(lines):
+          break
+        raise AeasdError(
+            f"{path}: line {number} is damaged ({e}); expected one JSON"
+            " object per line. Delete that line to keep the others") from None
+      if not isinstance(record, dict):
+        raise AeasdError(f"{path}: line {number} is damaged (not a JSON"
+                         " object); expected one JSON object per line."
+                         " Delete that line to keep the others")
+      parsed.append((line, record))
+    intact += len(line)
+  return parsed, intact
 
 
 def _flatten(record, prefix=""):

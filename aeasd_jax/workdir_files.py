@@ -1,14 +1,18 @@
-"""Files in a workdir written atomically, and the config a workdir belongs to.
+"""Files in a workdir: written atomically as strict JSON, read with checks.
 
 A file is written to a temporary name and renamed over the old one, so a run
-killed mid-write leaves the previous version intact.
+killed mid-write leaves the previous version intact. A damaged file is named
+when it is read, before any work depends on it.
 """
 
 import contextlib
 import json
+import math
+import numbers
 import os
 import pathlib
-import tempfile
+import secrets
+import stat
 
 import jax
 import ml_collections
@@ -17,18 +21,31 @@ from aeasd_jax import config_check
 from aeasd_jax.errors import AeasdError
 
 CONFIG_FILE = "config.json"
+GROUPS_FILE = "groups.json"  # Group names in model order.
+THRESHOLDS_FILE = "thresholds.json"  # {weights tag: their fitted thresholds}
 # Settings that fix the shape and meaning of a checkpoint; the others (epochs,
 # logging, scoring) may change between a run and its resumption.
 IDENTITY_SETTINGS = ("seed", "model", "features", "data.group_by",
                      "data.machine_types", "data.use_eval_train",
                      "train.num_seeds", "train.validation_split")
+_CONFIG_HINT = ("expected the config train.py wrote for this run; restore it"
+                " or use another --workdir")
+_GROUPS_HINT = "delete it and rerun train.py, which writes it again"
+_THRESHOLDS_HINT = ("delete it; train.py and evaluate.py fit the thresholds"
+                    " again")
+_JSON_NAMES = {dict: "object", list: "list", str: "string", int: "number",
+               float: "number", bool: "boolean", type(None): "null"}
 
 
 @contextlib.contextmanager
 def atomic_open(path, mode="w"):
-  """Opens a temporary file that replaces `path` only if the block succeeds."""
+  """Opens a temporary file that replaces `path` only if the block succeeds.
+
+  The file gets the mode a plain open() would give it: that of the file it
+  replaces, or for a new file 0666 less the umask.
+  """
   path = pathlib.Path(path)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+  fd, tmp = _create_beside(path)
   try:
     with os.fdopen(fd, mode) as f:
       yield f
@@ -41,6 +58,53 @@ def atomic_open(path, mode="w"):
     raise
 
 
+def _create_beside(path):
+  # O_CREAT applies the umask, which mkstemp's fixed 0600 ignores; reading
+  # the umask with os.umask would change it for every thread meanwhile.
+  while True:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
+    try:
+      fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+      break
+    except FileExistsError:
+      continue
+  try:
+    os.fchmod(fd, stat.S_IMODE(os.stat(path).st_mode))
+  except FileNotFoundError:
+    pass
+  except BaseException:
+    os.close(fd)
+    os.unlink(tmp)
+    raise
+  return fd, tmp
+
+
+def dumps_json(value, **kwargs):
+  """json.dumps, with each non-finite float written as null.
+
+  json.dumps would write Infinity and NaN, which strict JSON parsers (jq,
+  JavaScript, most languages' libraries) reject.
+  """
+  return json.dumps(_finite_or_none(value), allow_nan=False, **kwargs)
+
+
+def _finite_or_none(value):
+  if isinstance(value, dict):
+    return {k: _finite_or_none(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_finite_or_none(v) for v in value]
+  if isinstance(value, numbers.Real) and not isinstance(value,
+                                                        numbers.Integral):
+    return float(value) if math.isfinite(value) else None
+  return value
+
+
+def write_error(path, error):
+  """The AeasdError for an OSError while writing `path`."""
+  return AeasdError(f"cannot write {path} ({error.strerror or error});"
+                    " expected a writable folder with free space")
+
+
 def write_text(path, text):
   """Atomically writes `text` to `path`, from process 0 only."""
   # In a multi-process run every process computes the same results; one
@@ -51,17 +115,105 @@ def write_text(path, text):
     with atomic_open(path) as f:
       f.write(text)
   except OSError as e:
-    raise AeasdError(f"cannot write {path} ({e.strerror or e}); expected a"
-                     " writable folder with free space") from None
+    raise write_error(path, e) from None
 
 
-def prepare(workdir, config):
-  """Creates the workdir and records the config, or checks it matches.
+def write_json(path, value, **kwargs):
+  """Atomically writes `value` to `path` as strict JSON, from process 0 only."""
+  write_text(path, dumps_json(value, **kwargs))
+
+
+def read_json(path, expected_type, hint):
+  """The JSON value in `path`, which must be an `expected_type` (dict, list).
+
+  Args:
+    path: the file.
+    expected_type: the Python type the top-level value must have.
+    hint: what to do about a damaged file, for the error message.
 
   Raises:
-    AeasdError: the workdir cannot be written, or it holds a run of another
-      model or dataset that its checkpoints would not fit.
+    AeasdError: the file is missing, unreadable, not JSON or of another type.
   """
+  path = pathlib.Path(path)
+  text = read_bytes(path, hint)
+  if text is None:
+    raise missing_error(path)
+  try:
+    value = json.loads(text)
+  except ValueError as e:  # Also a UnicodeDecodeError.
+    raise _damaged(path, f"not valid JSON: {e}", hint) from None
+  if not isinstance(value, expected_type):
+    found = _JSON_NAMES.get(type(value), type(value).__name__)
+    raise _damaged(path, f"expected a JSON {_JSON_NAMES[expected_type]},"
+                   f" found {'an' if found[0] in 'aeiou' else 'a'} {found}",
+                   hint)
+  return value
+
+
+def read_bytes(path, hint):
+  """The bytes of `path`, or None when it does not exist.
+
+  Raises:
+    AeasdError: the file exists but cannot be read; `hint` says what to do.
+  """
+  try:
+    return pathlib.Path(path).read_bytes()
+  except FileNotFoundError:
+    return None
+  except OSError as e:
+    raise AeasdError(f"{path}: cannot read ({e.strerror or e}); {hint}"
+                     ) from None
+
+
+def missing_error(path):
+  """The AeasdError for a workdir file that does not exist."""
+  return AeasdError(f"{path}: missing; expected a workdir written by"
+                    " train.py")
+
+
+def _damaged(path, what, hint):
+  return AeasdError(f"{path}: damaged ({what}); {hint}")
+
+
+def read_groups(workdir):
+  """The group names in groups.json, in model order."""
+  path = pathlib.Path(workdir) / GROUPS_FILE
+  groups = read_json(path, list, _GROUPS_HINT)
+  if not all(isinstance(g, str) for g in groups):
+    raise _damaged(path, "expected a list of group names", _GROUPS_HINT)
+  return groups
+
+
+def read_thresholds(workdir):
+  """thresholds.json: {tag: {"percentile", "pooling", "thresholds"}}.
+
+  Returns:
+    {} when the file does not exist yet. A threshold stored as null (it was
+    not finite) comes back as NaN, which flags no clip as anomalous.
+  """
+  path = pathlib.Path(workdir) / THRESHOLDS_FILE
+  if not path.exists():
+    return {}
+  stored = read_json(path, dict, _THRESHOLDS_HINT)
+  for tag, entry in stored.items():
+    if not (isinstance(entry, dict) and _is_number(entry.get("percentile"))
+            and isinstance(entry.get("pooling"), str)
+            and isinstance(entry.get("thresholds"), dict)
+            and all(v is None or _is_number(v)
+                    for v in entry["thresholds"].values())):
+      raise _damaged(path, f"entry {tag!r} is not an object of percentile,"
+                     " pooling and numeric thresholds", _THRESHOLDS_HINT)
+    entry["thresholds"] = {g: math.nan if v is None else v
+                           for g, v in entry["thresholds"].items()}
+  return stored
+
+
+def _is_number(value):
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def make_workdir(workdir):
+  """Creates the workdir if needed; returns it as a Path."""
   workdir = pathlib.Path(workdir)
   try:
     workdir.mkdir(parents=True, exist_ok=True)
@@ -71,33 +223,99 @@ def prepare(workdir, config):
   if not os.access(workdir, os.W_OK):
     raise AeasdError(f"workdir {workdir}: not writable; expected a folder this"
                      " user can write")
+  return workdir
+
+
+def prepare(workdir, config):
+  """Creates the workdir and records the config, or checks it matches.
+
+  Every JSON file the workdir already holds is checked first, so a damaged
+  one stops the run before any training.
+
+  Raises:
+    AeasdError: the workdir cannot be written, one of its files is damaged,
+      or it holds a run of another model or dataset that its checkpoints
+      would not fit.
+  """
+  workdir = make_workdir(workdir)
   saved_path = workdir / CONFIG_FILE
   if saved_path.exists():
-    saved = load_config(workdir)
+    # Only the identity settings: the others come from this run's config,
+    # which may have settings that a workdir of an older version lacks.
+    saved = _load_config(workdir, check=lambda settings: None)
     for setting in IDENTITY_SETTINGS:
       old, new = _get(saved, setting), _get(config, setting)
       if old != new:
         raise AeasdError(
             f"workdir {workdir} holds a run with {setting}={old}, but this"
             f" config has {new}; use another --workdir or the same settings")
-  write_text(saved_path, config.to_json(indent=2, sort_keys=True))
+  if (workdir / GROUPS_FILE).exists():
+    read_groups(workdir)
+  read_thresholds(workdir)
+  write_json(saved_path, json.loads(config.to_json()), indent=2,
+             sort_keys=True)
   return workdir
 
 
 def load_config(workdir):
-  """The ConfigDict a workdir was trained with."""
+  """The ConfigDict a workdir was trained with.
+
+  Raises:
+    AeasdError: config.json is missing, not JSON, or lacks a setting.
+  """
+  return _load_config(workdir, config_check.check_config)
+
+
+def _load_config(workdir, check):
+  """config.json, which must hold the identity settings and pass `check`."""
   path = pathlib.Path(workdir) / CONFIG_FILE
+  values = read_json(path, dict, _CONFIG_HINT)
+  trail = []  # The dotted settings looked up, the failing one last.
+  settings = _Settings(values, trail)
   try:
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
-  except OSError as e:
-    raise AeasdError(f"{path}: cannot read ({e.strerror}); expected a workdir"
-                     " written by train.py") from None
-  except ValueError as e:
-    raise AeasdError(f"{path}: not valid JSON ({e})") from None
+    for setting in IDENTITY_SETTINGS:
+      config_check.lookup(settings, setting)
+    check(settings)
+  except KeyError:
+    # Also what a workdir of a version without that setting gets.
+    raise _damaged(path, f"no setting {trail[-1]}", "expected every setting"
+                   " configs/default.py has; add it, restore the file, or use"
+                   " another --workdir") from None
+  except (AttributeError, TypeError) as e:
+    where = f"at setting {trail[-1]}: " if trail else ""
+    raise _damaged(path, f"{where}{e}", _CONFIG_HINT) from None
+  except AeasdError as e:
+    raise AeasdError(f"{path}: {e}") from None
+  return ml_collections.ConfigDict(values)
+
+
+class _Settings(dict):
+  """A config's JSON object that notes the dotted setting each lookup asks.
+
+  config_check reads settings by item and by attribute, as on a ConfigDict;
+  this way a missing one is named in full (model.frames, not frames).
+  """
+
+  def __init__(self, values, trail, prefix=""):
+    super().__init__(values)
+    self._trail, self._prefix = trail, prefix
+
+  def __getitem__(self, key):
+    self._trail.append(f"{self._prefix}{key}")
+    value = super().__getitem__(key)
+    if isinstance(value, dict):
+      return _Settings(value, self._trail, f"{self._prefix}{key}.")
+    return value
+
+  def __getattr__(self, key):
+    if key.startswith("__"):
+      raise AttributeError(key)
+    return self[key]  # A missing setting raises KeyError, as reported.
 
 
 def _get(config, dotted):
   value = config_check.lookup(config, dotted)
   if isinstance(value, ml_collections.ConfigDict):
-    return json.loads(value.to_json(sort_keys=True))
-  return list(value) if isinstance(value, (list, tuple)) else value
+    value = json.loads(value.to_json())
+  # As written to config.json, where a non-finite float is null.
+  return json.loads(dumps_json(value))

@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from aeasd_jax import config_check
 from aeasd_jax import data
+from aeasd_jax import metric_log
 from aeasd_jax import runtime
 from aeasd_jax import scoring
 from aeasd_jax import train
@@ -158,8 +159,7 @@ def synthetic_data_s(lines):
 
 def train_records(workdir):
   """(per-epoch records, the final timing record) of a metrics.jsonl."""
-  records = [json.loads(line) for line in
-             (workdir / "metrics.jsonl").read_text().splitlines()]
+  records = metric_log.read_records(workdir)
   epochs = [r for r in records if "epoch" in r]
   timing = [r for r in records if "timing_s" in r][-1]
   return epochs, timing
