@@ -10,8 +10,11 @@ from ml_collections import config_flags
 from aeasd_jax import runtime
 from aeasd_jax import train
 
-config_flags.DEFINE_config_file("config", "configs/default.py",
-                                "Training configuration file.")
+# No default: a default config file would be loaded, with the overrides, at
+# import time, before a bad override could be reported as one line.
+config_flags.DEFINE_config_file(
+    "config", None, "Training configuration file, e.g. configs/idnn.py.")
+flags.mark_flag_as_required("config")
 flags.DEFINE_string("workdir", None, "Run folder; default runs/<config.name>.")
 flags.DEFINE_string("coordinator_address", None,
                     "host:port of process 0, for multi-host training.")
@@ -32,4 +35,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=runtime.parse_flags)

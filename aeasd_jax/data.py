@@ -68,6 +68,16 @@ def make_groups(clips, *, group_by, use_eval_train, validation_split, seed):
   if not groups:
     raise AeasdError("no training clips found; expected <type>/train/*.wav"
                      " under config.data.root")
+  # A test clip of a group without a model would silently vanish from the
+  # scores and from the result files of a submission.
+  untrained = sorted(set(test) - set(train))
+  if untrained:
+    raise AeasdError(
+        f"no training clips for {', '.join(untrained)} with"
+        f" config.data.group_by={group_by!r} and"
+        f" config.data.use_eval_train={use_eval_train}, so their test clips"
+        " would go unscored; expected training clips for every test id (set"
+        " config.data.use_eval_train=True, or config.data.group_by='type')")
   return groups
 
 
@@ -98,6 +108,19 @@ def window_count(cache, clips, frames_per_window):
                         - frames_per_window + 1, 0).sum())
 
 
+def check_clip_lengths(cache, clips, frames_per_window):
+  """Every clip must hold at least one window of config.model.frames."""
+  clips = np.asarray(clips, np.int64)
+  short = clips[cache.lengths[clips] < frames_per_window]
+  if len(short):
+    first = cache.clips[short[0]]
+    more = f" (and {len(short) - 1} more clips)" if len(short) > 1 else ""
+    raise AeasdError(
+        f"{first.path}: {cache.lengths[short[0]]} frames{more}, fewer than"
+        f" config.model.frames={frames_per_window}; expected clips of at least"
+        f" {frames_per_window} frames, or a smaller config.model.frames")
+
+
 def _padded_rows(rows, width=1):
   width = max(width, max(len(r) for r in rows))
   out = np.zeros((len(rows), width), np.int32)
@@ -116,6 +139,7 @@ class ClipFrames:
 
   def __init__(self, cache, clips, num_rows):
     self.cache = cache
+    self.directory = cache.directory
     self.clips = np.asarray(clips, np.int64)
     lengths = cache.lengths[self.clips]
     self.ends = np.cumsum(lengths)
@@ -163,12 +187,8 @@ def host_windows(cache, train_lists, val_lists, frames_per_window, *,
   """
   lists = [list(clips) for clips in (*train_lists, *val_lists)]
   order = [c for clips in lists for c in clips]
+  check_clip_lengths(cache, order, frames_per_window)
   lengths = cache.lengths[order]
-  if np.any(lengths < frames_per_window):
-    short = [cache.clips[c].path for c in order
-             if cache.lengths[c] < frames_per_window]
-    raise AeasdError(f"{short[0]} (and {len(short) - 1} more): fewer than"
-                     f" {frames_per_window} frames; expected longer clips")
   frames = ClipFrames(cache, order, max(min_frames, int(lengths.sum())))
   starts = window_starts(lengths, frames_per_window)
   clip_end = np.concatenate([[0], np.cumsum(lengths - frames_per_window + 1)])

@@ -5,7 +5,6 @@ with the trained models, as a plant engineer would use them.
 """
 
 import functools
-import json
 import logging
 import pathlib
 import re
@@ -26,10 +25,10 @@ from aeasd_jax import scoring
 from aeasd_jax import train
 from aeasd_jax import workdir_files
 from aeasd_jax.errors import AeasdError
+from aeasd_jax.errors import shown
 
 log = logging.getLogger(__name__)
 
-THRESHOLDS_FILE = "thresholds.json"
 PAUC_MAX_FPR = 0.1  # The DCASE 2020 pAUC.
 
 
@@ -57,8 +56,12 @@ def dev_test_clips(features, group):
   return [c for c in group.test_clips if features.clips[c].section == "dev"]
 
 
-def _auc_table(features, clip_lists, scores_per_group, labels_of):
-  """{type: {id: (auc, pauc)}} for one score per clip."""
+def _auc_table(features, clip_lists, scores_per_group, labels_of,
+               warn=True):
+  """{type: {id: (auc, pauc)}} for one score per clip.
+
+  With warn, an id whose AUC is undefined is named in a warning.
+  """
   by_type_id = {}
   for clips, scores in zip(clip_lists, scores_per_group):
     for c, s in zip(clips, scores):
@@ -70,15 +73,30 @@ def _auc_table(features, clip_lists, scores_per_group, labels_of):
     table[machine_type] = {}
     for machine_id in sorted(by_type_id[machine_type]):
       labels, scores = np.asarray(by_type_id[machine_type][machine_id]).T
-      table[machine_type][machine_id] = (
-          metrics.roc_auc_score(labels, scores),
-          metrics.roc_auc_score(labels, scores, max_fpr=PAUC_MAX_FPR))
+      table[machine_type][machine_id] = _auc_pauc(
+          f"{machine_type}/{machine_id}", labels, scores, warn)
   return table
 
 
+def _auc_pauc(name, labels, scores, warn):
+  """(AUC, pAUC) of one id; (nan, nan) with a warning when undefined.
+
+  An id whose test clips are all normal (or all anomalous) has no AUC; the
+  other ids' results are still worth writing.
+  """
+  if len(set(labels.tolist())) < 2:
+    if warn:
+      log.warning("%s: every test clip has label %d, so its AUC and pAUC are"
+                  " undefined (written as nan and left out of the"
+                  " averages); expected normal and anomalous clips", name,
+                  labels[0])
+    return (np.nan, np.nan)
+  return (metrics.roc_auc_score(labels, scores),
+          metrics.roc_auc_score(labels, scores, max_fpr=PAUC_MAX_FPR))
+
+
 def _mean_auc(table):
-  return np.mean([np.mean([a for a, _ in by_id.values()])
-                  for by_id in table.values()])
+  return results.averages(table)[1][0]
 
 
 def dev_auc_per_model(config, features, groups, setup, state):
@@ -91,7 +109,8 @@ def dev_auc_per_model(config, features, groups, setup, state):
   scores = score_models(config, features, setup, state["params"],
                         state["batch_stats"], clip_lists)
   return np.asarray([
-      _mean_auc(_auc_table(features, [clips], [s], lambda clip: clip.label))
+      _mean_auc(_auc_table(features, [clips], [s], lambda clip: clip.label,
+                           warn=False))
       for clips, s in zip(clip_lists, scores)])
 
 
@@ -112,7 +131,9 @@ def fit_threshold(scores, percentile):
   if not np.isfinite(threshold):
     shape, loc, scale = scipy.stats.gamma.fit(scores, floc=0)
     threshold = scipy.stats.gamma.ppf(percentile / 100, shape, loc, scale)
-  return float(threshold)
+  # A fit that fails both ways would decide nothing; the largest normal
+  # score is the threshold the small-sample case uses.
+  return float(threshold) if np.isfinite(threshold) else float(np.max(scores))
 
 
 def _threshold_clips(group):
@@ -136,33 +157,22 @@ def fit_thresholds(config, workdir, features, groups, setup, params,
   thresholds = {g.name: fit_threshold(s.mean(0),
                                       config.score.threshold_percentile)
                 for g, s in zip(groups, scores)}
-  path = pathlib.Path(workdir) / THRESHOLDS_FILE
-  stored = json.loads(path.read_text()) if path.exists() else {}
+  stored = workdir_files.read_thresholds(workdir)
   stored[tag] = {"percentile": config.score.threshold_percentile,
                  "pooling": config.score.pooling, "thresholds": thresholds}
-  workdir_files.write_text(path, json.dumps(stored, indent=2, sort_keys=True))
+  workdir_files.write_json(
+      pathlib.Path(workdir) / workdir_files.THRESHOLDS_FILE, stored, indent=2,
+      sort_keys=True)
   return thresholds
 
 
 def stored_thresholds(config, workdir, tag):
   """Thresholds stored for weights `tag` with the current score settings."""
-  path = pathlib.Path(workdir) / THRESHOLDS_FILE
-  if not path.exists():
-    return None
-  entry = json.loads(path.read_text()).get(tag)
+  entry = workdir_files.read_thresholds(workdir).get(tag)
   if (entry and entry["percentile"] == config.score.threshold_percentile and
       entry["pooling"] == config.score.pooling):
     return entry["thresholds"]
   return None
-
-
-def load_groups(workdir):
-  path = pathlib.Path(workdir) / train.GROUPS_FILE
-  try:
-    return json.loads(path.read_text())
-  except OSError:
-    raise AeasdError(f"{path}: missing; expected a workdir written by"
-                     " train.py") from None
 
 
 def load_weights(config, workdir, group_names, which):
@@ -198,8 +208,29 @@ def load_weights(config, workdir, group_names, which):
                        " epoch number") from None
   state = checkpoint.restore(mngr, abstract, step)
   mngr.close()
-  weights = state["best"] if which == "best" else state
+  weights = _best_or_latest(state, setup) if which == "best" else state
   return setup, weights["params"], weights["batch_stats"], f"{which}@{step}"
+
+
+def _best_or_latest(state, setup):
+  """The best weights, but never a model's untrained initialisation.
+
+  train.keep_best keeps the latest weights as "best" until a model has a
+  selection metric; a checkpoint written before it did so may still hold
+  the initialisation (best epoch 0), which is replaced here.
+  """
+  best = state["best"]
+  untrained = np.asarray(best["epoch"]) == 0
+  unselected = ~np.isfinite(np.asarray(best["metric"]))
+  if unselected.any():
+    log.warning(
+        "no model selection happened for %s (no validation clips, or no dev"
+        " AUC check); using their latest weights as 'best'",
+        ", ".join(np.asarray(setup.model_names)[unselected]))
+  if not untrained.any():
+    return best
+  return {k: train.per_model_where(untrained, state[k], best[k])
+          for k in ("params", "batch_stats")}
 
 
 def _decision_report(features, groups, clip_lists, ensemble, thresholds):
@@ -263,7 +294,7 @@ def evaluate(workdir, *, which="best", eval_ground_truth=None, plots=False):
   config = workdir_files.load_config(workdir)
   with timer.phase("features"):
     features, groups = dataset.load(config)
-  saved_names = load_groups(workdir)
+  saved_names = workdir_files.read_groups(workdir)
   if [g.name for g in groups] != saved_names:
     raise AeasdError(
         f"workdir {workdir} was trained on groups {saved_names}, but its data"
@@ -281,14 +312,15 @@ def evaluate(workdir, *, which="best", eval_ground_truth=None, plots=False):
     thresholds = stored_thresholds(config, workdir, tag) or fit_thresholds(
         config, workdir, features, groups, setup, params, batch_stats, tag)
   ensemble = [s.mean(0) for s in dev_scores]
+  _write_score_files(out, features, groups, dev_clips, ensemble, thresholds)
   label = lambda clip: clip.label
   report["dev"] = _auc_table(features, dev_clips, ensemble, label)
   report["seeds"] = [
-      _auc_table(features, dev_clips, [s[k] for s in dev_scores], label)
+      _auc_table(features, dev_clips, [s[k] for s in dev_scores], label,
+                 warn=False)
       for k in range(config.train.num_seeds)]
   report["decisions"] = _decision_report(features, groups, dev_clips,
                                          ensemble, thresholds)
-  _write_score_files(out, features, groups, dev_clips, ensemble, thresholds)
   results.write_result_csv(out / "result.csv", report["dev"])
   _write_decision_summary(out / "decisions.csv", report["decisions"])
   print(results.format_table(report["dev"], f"dev set ({tag}, "
@@ -346,11 +378,11 @@ def _evaluate_eval_set(config, features, groups, setup, params, batch_stats,
 
 
 def _write_decision_summary(path, report):
-  lines = ["type,id,files,precision,recall,F1"]
-  for (machine_type, machine_id), e in sorted(report.items()):
-    lines.append(f"{machine_type},{machine_id},{e['n']},{e['precision']:.4f},"
-                 f"{e['recall']:.4f},{e['f1']:.4f}")
-  workdir_files.write_text(path, "\n".join(lines) + "\n")
+  results.write_csv(path, [
+      ("type", "id", "files", "precision", "recall", "F1"),
+      *((machine_type, machine_id, e["n"], f"{e['precision']:.4f}",
+         f"{e['recall']:.4f}", f"{e['f1']:.4f}")
+        for (machine_type, machine_id), e in sorted(report.items()))])
 
 
 def _decision_summary(report, percentile):
@@ -367,12 +399,15 @@ def _decision_summary(report, percentile):
 
 
 def _seed_summary(seed_tables):
+  """Each type's and the overall AUC and pAUC: mean ± std over the seeds."""
   lines = ["per-seed AUC(%) (pAUC(%)), mean ± std over seeds"]
-  for machine_type in seed_tables[0]:
-    per_seed = np.array([np.mean(list(t[machine_type].values()), axis=0)
-                         for t in seed_tables]) * 100
-    mean, std = per_seed.mean(0), per_seed.std(0)
-    lines.append(f"{machine_type:<14} {mean[0]:6.2f} ± {std[0]:.2f}"
+  per_seed = [results.averages(t) for t in seed_tables]
+  rows = [(machine_type, [p[0][machine_type] for p in per_seed])
+          for machine_type in seed_tables[0]]
+  for name, values in [*rows, ("Average", [p[1] for p in per_seed])]:
+    values = np.array(values) * 100
+    mean, std = values.mean(0), values.std(0)
+    lines.append(f"{name:<14} {mean[0]:6.2f} ± {std[0]:.2f}"
                  f" ({mean[1]:5.2f} ± {std[1]:.2f})")
   return "\n".join(lines)
 
@@ -382,8 +417,7 @@ def _recording_paths(path):
   if path.is_file():
     return [path]
   if path.is_dir():
-    found = sorted(p for p in path.rglob("*")
-                   if p.is_file() and p.suffix.lower() in dcase.AUDIO_SUFFIXES)
+    found = dcase.audio_files(path, recursive=True)
     if found:
       return found
     raise AeasdError(f"--wav={path}: no .wav or .flac files in the folder")
@@ -419,7 +453,7 @@ def score_recordings(workdir, path, *, machine_type=None, which="best"):
   """
   workdir = pathlib.Path(workdir)
   config = workdir_files.load_config(workdir)
-  group_names = load_groups(workdir)
+  group_names = workdir_files.read_groups(workdir)
   types = sorted({g.split("/")[0] for g in group_names})
   if machine_type is None and len(types) == 1:
     machine_type = types[0]
@@ -446,7 +480,8 @@ def score_recordings(workdir, path, *, machine_type=None, which="best"):
       mel = np.asarray(log_mel(wave))
       if len(mel) < config.model.frames:
         raise AeasdError(f"{file}: {len(mel)} frames, fewer than"
-                         f" model.frames={config.model.frames}")
+                         f" config.model.frames={config.model.frames};"
+                         " expected a longer recording")
     except AeasdError as e:
       row["error"] = str(e)
       continue
@@ -468,11 +503,17 @@ def score_recordings(workdir, path, *, machine_type=None, which="best"):
         row = rows[clips[i]]
         row.update(score=float(score), threshold=thresholds[name],
                    anomaly=bool(score > thresholds[name]))
+  # Tab-separated fields; a name holding a tab or newline is printed
+  # escaped, so it cannot forge a field or a line.
   for row in rows:
     if "error" in row:
-      print(f"{row['path']}\tERROR\t{row['error']}")
+      print(f"{shown(row['path'])}\tERROR\t{shown(row['error'])}")
     else:
       verdict = "ANOMALY" if row["anomaly"] else "normal"
-      print(f"{row['path']}\t{row['score']:.6g}\t(threshold"
+      print(f"{shown(row['path'])}\t{row['score']:.6g}\t(threshold"
             f" {row['threshold']:.6g})\t{verdict}")
+  if not clips:
+    raise AeasdError(f"--wav={shown(path)}: none of the {len(rows)} file(s)"
+                     " could be scored (each one's error is printed above);"
+                     " expected readable recordings")
   return rows

@@ -14,10 +14,19 @@ from flax import nnx
 _KERNEL_INIT = nnx.initializers.glorot_uniform()
 
 
+def wide_dtype(compute_dtype):
+  """The dtype of parameters, BatchNorm statistics, the output and the loss.
+
+  float32 for float32 and bfloat16 compute; float64 computes all in float64,
+  so that equivalence tests can compare runs far below float32 round-off.
+  """
+  return jnp.promote_types(compute_dtype, jnp.float32)
+
+
 def _dense(in_features, out_features, dtype, rngs):
-  """A Dense layer computing in `dtype` with float32 parameters."""
+  """A Dense layer computing in `dtype`, its parameters in wide_dtype(dtype)."""
   return nnx.Linear(in_features, out_features, kernel_init=_KERNEL_INIT,
-                    dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+                    dtype=dtype, param_dtype=wide_dtype(dtype), rngs=rngs)
 
 
 class DenseBlock(nnx.Module):
@@ -28,10 +37,15 @@ class DenseBlock(nnx.Module):
     self.dense = _dense(in_features, out_features, dtype, rngs)
     # Two-pass variance, as Keras and PyTorch compute it: the fast
     # E[x^2] - E[x]^2 loses digits on activations of raw dB features. The
-    # statistics stay in float32 whatever the matmuls compute in.
+    # statistics stay in float32 when the matmuls are bfloat16.
+    wide = wide_dtype(dtype)
     self.norm = nnx.BatchNorm(out_features, momentum=bn_momentum,
                               epsilon=bn_epsilon, use_fast_variance=False,
-                              dtype=jnp.float32, rngs=rngs)
+                              dtype=wide, param_dtype=wide, rngs=rngs)
+    # nnx.BatchNorm creates its running statistics in float32 whatever its
+    # dtype; a float64 run must carry them in float64 from the start.
+    self.norm.mean = nnx.BatchStat(self.norm.mean[...].astype(wide))
+    self.norm.var = nnx.BatchStat(self.norm.var[...].astype(wide))
 
   def __call__(self, x, *, train):
     return nnx.relu(self.norm(self.dense(x), use_running_average=not train))
@@ -57,9 +71,9 @@ class Autoencoder(nnx.Module):
               rngs=rngs)
     self.encoder = _stack([in_features] + [hidden] * depth + [bottleneck], **bn)
     self.decoder = _stack([bottleneck] + [hidden] * depth, **bn)
-    # The output (and the VAE's heads) stay float32: scores are small
-    # differences of dB values, which bfloat16 would round away.
-    self.output = _dense(hidden, out_features, jnp.float32, rngs)
+    # The output (and the VAE's heads) stay float32 (or float64): scores are
+    # small differences of dB values, which bfloat16 would round away.
+    self.output = _dense(hidden, out_features, wide_dtype(dtype), rngs)
 
   def __call__(self, x, *, train, key=None):
     """Returns the reconstruction and a zero per-vector KL term."""
@@ -82,10 +96,10 @@ class VariationalAutoencoder(nnx.Module):
     bn = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, dtype=dtype,
               rngs=rngs)
     self.encoder = _stack([in_features] + [hidden] * depth, **bn)
-    self.mean = _dense(hidden, bottleneck, jnp.float32, rngs)
-    self.log_variance = _dense(hidden, bottleneck, jnp.float32, rngs)
+    self.mean = _dense(hidden, bottleneck, wide_dtype(dtype), rngs)
+    self.log_variance = _dense(hidden, bottleneck, wide_dtype(dtype), rngs)
     self.decoder = _stack([bottleneck] + [hidden] * depth, **bn)
-    self.output = _dense(hidden, out_features, jnp.float32, rngs)
+    self.output = _dense(hidden, out_features, wide_dtype(dtype), rngs)
 
   def __call__(self, x, *, train, key=None):
     """Returns the reconstruction and the per-vector KL(q(z|x) || N(0, I))."""

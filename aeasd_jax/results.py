@@ -7,6 +7,7 @@ The official evaluator reads `anomaly_score_<type>_id_XX.csv` files and the
 import csv
 import io
 import pathlib
+import warnings
 
 import numpy as np
 
@@ -18,13 +19,20 @@ def score_csv_name(machine_type, machine_id):
   return f"anomaly_score_{machine_type}_{machine_id}.csv"
 
 
+def write_csv(path, rows):
+  """Writes rows with the csv module, so a comma or quote in a name is quoted.
+
+  Atomically, from process 0 only (workdir_files.write_text).
+  """
+  buffer = io.StringIO()
+  csv.writer(buffer, lineterminator="\n").writerows(rows)
+  workdir_files.write_text(path, buffer.getvalue())
+
+
 def write_scores(path, names, scores):
   """`filename,score` rows sorted by file name, as the evaluator sorts them."""
-  rows = sorted(zip(names, scores))
-  buffer = io.StringIO()
-  writer = csv.writer(buffer, lineterminator="\n")
-  writer.writerows((name, repr(float(score))) for name, score in rows)
-  workdir_files.write_text(path, buffer.getvalue())
+  write_csv(path, ((name, repr(float(score)))
+                   for name, score in sorted(zip(names, scores))))
 
 
 def read_scores(path):
@@ -34,11 +42,20 @@ def read_scores(path):
 
 
 def write_decisions(path, names, decisions):
-  rows = sorted(zip(names, decisions))
-  buffer = io.StringIO()
-  csv.writer(buffer, lineterminator="\n").writerows(
-      (name, int(d)) for name, d in rows)
-  workdir_files.write_text(path, buffer.getvalue())
+  write_csv(path, ((name, int(d)) for name, d in sorted(zip(names, decisions))))
+
+
+def averages(table):
+  """({type: (auc, pauc)}, (auc, pauc) overall) of a table.
+
+  An id whose AUC is undefined (nan: its labels are all of one class) is
+  left out of the averages rather than making them all nan.
+  """
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)  # An all-nan mean is nan.
+    per_type = {t: tuple(np.nanmean(list(by_id.values()), axis=0))
+                for t, by_id in table.items()}
+    return per_type, tuple(np.nanmean(list(per_type.values()), axis=0))
 
 
 def write_result_csv(path, table):
@@ -51,21 +68,15 @@ def write_result_csv(path, table):
   For each type: a row with the type, the header `id,AUC,pAUC`, a row per id,
   an `Average` row and a blank row; the last line is the overall average.
   """
-  buffer = io.StringIO()
-  writer = csv.writer(buffer, lineterminator="\n")
-  averages = []
+  per_type, overall = averages(table)
+  rows = []
   for machine_type, by_id in table.items():
-    writer.writerow([machine_type])
-    writer.writerow(["id", "AUC", "pAUC"])
-    for machine_id, (auc, pauc) in by_id.items():
-      writer.writerow([machine_id.removeprefix("id_"), auc, pauc])
-    average = np.mean(list(by_id.values()), axis=0)
-    averages.append(average)
-    writer.writerow(["Average", average[0], average[1]])
-    writer.writerow([])
-  overall = np.mean(averages, axis=0)
-  writer.writerow(["Total Average", overall[0], overall[1]])
-  workdir_files.write_text(path, buffer.getvalue())
+    rows += [[machine_type], ["id", "AUC", "pAUC"]]
+    rows += [[machine_id.removeprefix("id_"), auc, pauc]
+             for machine_id, (auc, pauc) in by_id.items()]
+    rows += [["Average", *per_type[machine_type]], []]
+  rows.append(["Total Average", *overall])
+  write_csv(path, rows)
 
 
 def read_result_csv(path):
@@ -115,12 +126,8 @@ def read_ground_truth(path):
 
 def format_table(table, title):
   """The AE-ASD README style: AUC(%) (pAUC(%)) per type and the average."""
+  per_type, overall = averages(table)
   lines = [title, f"{'type':<14} AUC(%) (pAUC(%))"]
-  averages = []
-  for machine_type, by_id in table.items():
-    auc, pauc = np.mean(list(by_id.values()), axis=0) * 100
-    averages.append((auc, pauc))
-    lines.append(f"{machine_type:<14} {auc:6.2f} ({pauc:5.2f})")
-  auc, pauc = np.mean(averages, axis=0)
-  lines.append(f"{'Average':<14} {auc:6.2f} ({pauc:5.2f})")
+  for name, (auc, pauc) in [*per_type.items(), ("Average", overall)]:
+    lines.append(f"{name:<14} {auc * 100:6.2f} ({pauc * 100:5.2f})")
   return "\n".join(lines)

@@ -4,15 +4,20 @@ The persistent compilation cache, multi-process initialisation, and turning
 AeasdError into a one-line message instead of a traceback.
 """
 
+import difflib
 import logging
 import os
+import runpy
 import sys
 
 import jax
+import ml_collections
+from absl import flags
 from absl import logging as absl_logging
 
 from aeasd_jax import dataset
 from aeasd_jax.errors import AeasdError
+from aeasd_jax.errors import Interrupted
 
 
 def enable_compilation_cache(config):
@@ -69,10 +74,73 @@ def configure_logging():
 
 
 def run(fn):
-  """Runs fn(); an AeasdError becomes `error: ...` on stderr and exit code 2."""
+  """Runs fn(); an AeasdError becomes `error: ...` on stderr and exit code 2.
+
+  A stop by Ctrl-C becomes one `interrupted: ...` line and exit code 130,
+  the shell's code for SIGINT.
+  """
   try:
     return fn()
   except AeasdError as e:
-    sys.stderr.flush()
-    sys.stderr.write(f"error: {e}\n")
-    sys.exit(2)
+    _exit(f"error: {e}", 2)
+  except Interrupted as e:
+    _exit(f"interrupted: {e}", 130)
+  except KeyboardInterrupt:
+    _exit("interrupted: stopped by Ctrl-C before any training epoch; files"
+          " already written are complete", 130)
+
+
+def _exit(line, code):
+  sys.stdout.flush()
+  sys.stderr.flush()
+  sys.stderr.write(line + "\n")
+  sys.exit(code)
+
+
+def parse_flags(argv):
+  """absl's flag parsing, where an override of no such setting is one line.
+
+  For `--config.train.nope=1` ml_collections raises a KeyError or
+  AttributeError from deep inside its parser; this names the setting and
+  its close matches instead. Other flag errors are one line too.
+  """
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _exit(f"error: {e}", 2)
+  except (KeyError, AttributeError) as e:
+    settings = sorted(_dotted_settings(_config_file_settings(argv)))
+    unknown = [name for name in _override_names(argv) if name not in settings]
+    if not unknown:
+      _exit(f"error: a --config override failed ({e}); expected"
+            " --config.<section>.<setting>=<value>", 2)
+    close = difflib.get_close_matches(unknown[0], settings, n=3, cutoff=0.6)
+    hint = (f"close matches: {', '.join('config.' + c for c in close)}"
+            if close else "see configs/default.py for the settings")
+    _exit(f"error: --config.{unknown[0]}: no such setting; {hint}", 2)
+
+
+def _config_file_settings(argv):
+  """The config that --config names, loaded again without the overrides.
+
+  The flag holds no value once an override has failed.
+  """
+  path = next(arg.split("=", 1)[1] for arg in argv[1:]
+              if arg.startswith("--config="))
+  return runpy.run_path(path.split(":", 1)[0])["get_config"]()
+
+
+def _override_names(argv):
+  """The dotted settings of --config.x.y=value (and --[no]config.x.y) flags."""
+  for arg in argv[1:]:
+    for prefix in ("--config.", "--noconfig."):
+      if arg.startswith(prefix):
+        yield arg[len(prefix):].split("=", 1)[0]
+
+
+def _dotted_settings(config, prefix=""):
+  """Every setting of a ConfigDict as "section.name", sections included."""
+  for key, value in config.items():
+    yield prefix + key
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _dotted_settings(value, f"{prefix}{key}.")

@@ -12,6 +12,7 @@ import numpy as np
 from flax import nnx
 
 from aeasd_jax import data
+from aeasd_jax.errors import AeasdError
 
 POOLINGS = ("mean", "max", "gwrp")
 # Padded clip lengths are rounded up to this many windows, so clips of nearby
@@ -112,6 +113,7 @@ def score_clip_lists(graphdef, params, batch_stats, cache, clip_lists,
     A list with one float64 NumPy array of scores per model.
   """
   used = sorted({c for clips in clip_lists for c in clips})
+  data.check_clip_lengths(cache, used, frames_per_window)
   frame_of = {}
   pieces, offset = [], 0
   for c in used:
@@ -124,6 +126,14 @@ def score_clip_lists(graphdef, params, batch_stats, cache, clip_lists,
                      cache.frames.shape[1]), np.float32)
   if pieces:
     frames[:offset] = np.concatenate(pieces)
+  # Audio with NaN or Inf is refused when the cache is built, so a
+  # non-finite frame is damage, not a scoring result.
+  if not np.all(np.isfinite(frames[:offset])):
+    bad = next(c for c in used if not np.all(np.isfinite(cache.clip_frames(c))))
+    raise AeasdError(
+        f"feature cache {cache.directory}: non-finite values in the frames of"
+        f" {cache.clips[bad].path}; expected finite log-mel frames. The cache"
+        " is damaged: delete the folder to rebuild it")
   windows = {c: max(int(cache.lengths[c]) - frames_per_window + 1, 0)
              for c in used}
   max_windows = bucket(max(windows.values(), default=1), LENGTH_BUCKET)

@@ -4,12 +4,13 @@ Every group (machine type, or type and id) times every seed is one model; all
 models train together under jax.vmap, data-parallel over a device Mesh.
 """
 
-import dataclasses
 import concurrent.futures
+import contextlib
+import dataclasses
 import functools
-import json
 import logging
 import queue
+import signal
 import threading
 from typing import Any, Callable
 
@@ -30,11 +31,11 @@ from aeasd_jax import models
 from aeasd_jax import runtime
 from aeasd_jax import scoring
 from aeasd_jax import workdir_files
+from aeasd_jax import workdir_lock
 from aeasd_jax.errors import AeasdError
+from aeasd_jax.errors import Interrupted
 
 log = logging.getLogger(__name__)
-
-GROUPS_FILE = "groups.json"  # Group names in model order.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Setup:
   model_names: tuple  # "fan/seed0", ... in model order.
   val_chunk: int  # Validation windows per model per step.
   mesh: jax.sharding.Mesh
+  loss_dtype: Any  # float32; float64 when the model computes in float64.
 
 
 def make_setup(config, group_names, mesh):
@@ -74,7 +76,8 @@ def make_setup(config, group_names, mesh):
       model_names=tuple(f"{g}/seed{s}" for g in group_names
                         for s in range(num_seeds)),
       val_chunk=scoring.bucket(config.score.batch_windows, mesh.devices.size),
-      mesh=mesh)
+      mesh=mesh,
+      loss_dtype=models.wide_dtype(config.model.compute_dtype))
 
 
 def model_keys(seed, group_names, num_seeds):
@@ -182,22 +185,22 @@ def train_pass(setup, state, totals, windows, part):
     new = jax.vmap(functools.partial(train_step, setup))(
         params, batch_stats, opt_state, window, fold(step_keys, step))
     new_carry, metrics = new[:3], new[3]
-    return _per_model_where(step_active, new_carry, carry), metrics
+    return per_model_where(step_active, new_carry, carry), metrics
 
   carry = (state["params"], state["batch_stats"], state["opt_state"])
   (params, batch_stats, opt_state), metrics = jax.lax.scan(
       body, carry, (order, active, jnp.arange(num_steps)))
   totals = {
       "loss": totals["loss"] + jnp.sum(jnp.where(active, metrics["loss"], 0), 0),
-      "steps": totals["steps"] + jnp.sum(active, 0),
+      "steps": totals["steps"] + jnp.sum(active, 0, dtype=jnp.int32),
       "finite": totals["finite"] & jnp.all(metrics["finite"] | ~active, 0)}
   state = {**state, "params": params, "batch_stats": batch_stats,
            "opt_state": opt_state}
   return state, totals
 
 
-def empty_totals(num_models):
-  return {"loss": jnp.zeros(num_models, jnp.float32),
+def empty_totals(num_models, loss_dtype=jnp.float32):
+  return {"loss": jnp.zeros(num_models, loss_dtype),
           "steps": jnp.zeros(num_models, jnp.int32),
           "finite": jnp.ones(num_models, bool)}
 
@@ -227,7 +230,7 @@ def _all_finite(stacked):
 
 def run_epoch(setup, state, windows):
   """One epoch on device-resident windows: one program, one scan."""
-  totals = empty_totals(len(setup.model_names))
+  totals = empty_totals(len(setup.model_names), setup.loss_dtype)
   state, totals = train_pass(setup, state, totals, windows, 0)
   return finish_epoch(setup, state, totals, windows)
 
@@ -259,24 +262,31 @@ def validation_loss(setup, params, batch_stats, windows):
     mask = chunk_position < counts[:, None]
     return total + jnp.sum(jnp.where(mask, errors, 0.0), -1), None
 
-  total, _ = jax.lax.scan(body, jnp.zeros(counts.shape, jnp.float32),
+  total, _ = jax.lax.scan(body, jnp.zeros(counts.shape, setup.loss_dtype),
                           (starts, position))
   return jnp.where(counts > 0, total / jnp.maximum(counts, 1), jnp.nan)
 
 
 def keep_best(state, metric):
-  """Copies each model's weights into state["best"] where `metric` improved."""
-  better = metric < state["best"]["metric"]
+  """Copies each model's weights into state["best"] where `metric` improved.
+
+  A model that has had no finite metric yet (no validation clips, a NaN
+  validation loss, or no dev AUC check so far) has its latest weights as
+  "best", never its untrained initialisation; its stored metric stays +inf so
+  that the first real measurement still selects.
+  """
   best = state["best"]
+  improved = metric < best["metric"]
+  take = improved | ~jnp.isfinite(best["metric"])
   return {**state, "best": {
-      "params": _per_model_where(better, state["params"], best["params"]),
-      "batch_stats": _per_model_where(better, state["batch_stats"],
+      "params": per_model_where(take, state["params"], best["params"]),
+      "batch_stats": per_model_where(take, state["batch_stats"],
                                       best["batch_stats"]),
-      "metric": jnp.where(better, metric, best["metric"]),
-      "epoch": jnp.where(better, state["epoch"], best["epoch"])}}
+      "metric": jnp.where(improved, metric, best["metric"]),
+      "epoch": jnp.where(take, state["epoch"], best["epoch"])}}
 
 
-def _per_model_where(mask, new, old):
+def per_model_where(mask, new, old):
   """Takes each model's slice of `new` where mask [models] is set, else `old`'s.
 
   Both trees are stacked over models on their first axis.
@@ -352,6 +362,13 @@ class Trainer:
 
     sharded = jax.make_array_from_callback(
         (num_rows, frames.shape[1]), self.rows, read_rows)
+    # Audio with NaN or Inf is refused when the cache is built, so a
+    # non-finite frame is damage; one reduction on the devices finds it.
+    if not bool(_all_frames_finite(sharded)):
+      raise AeasdError(
+          f"feature cache {getattr(frames, 'directory', None)}: non-finite"
+          " values in the cached frames; expected finite log-mel frames. The"
+          " cache is damaged: delete the folder to rebuild it")
     copies = {name: jax.make_array_from_process_local_data(
         self.replicated, np.asarray(getattr(host_windows, name)))
               for name in host_windows._fields if name != "frames"}
@@ -408,7 +425,8 @@ class Trainer:
       return self.epoch_fn.lower(state, windows).compile()
     totals = abstract_with_sharding(
         jax.eval_shape(functools.partial(empty_totals,
-                                         len(self.setup.model_names))),
+                                         len(self.setup.model_names),
+                                         self.setup.loss_dtype)),
         self.replicated)
     # All chunks share one shape.
     chunk = self.abstract(next(iter(self.chunks(0))))
@@ -423,11 +441,17 @@ class Trainer:
     totals = jax.tree.map(
         functools.partial(jax.make_array_from_process_local_data,
                           self.replicated),
-        jax.device_get(empty_totals(len(self.setup.model_names))))
+        jax.device_get(empty_totals(len(self.setup.model_names),
+                                    self.setup.loss_dtype)))
     chunks = self.chunks(int(state["epoch"]))
     for part, chunk in enumerate(prefetch(chunks, self.put)):
       state, totals = pass_program(state, totals, chunk, np.int32(part))
     return finish_program(state, totals, self.windows)
+
+
+@jax.jit
+def _all_frames_finite(frames):
+  return jnp.all(jnp.isfinite(frames))
 
 
 def prefetch(items, put, depth=2):
@@ -471,9 +495,19 @@ def abstract_with_sharding(abstract, sharding):
       abstract)
 
 
-def check_group_sizes(groups, train_counts, batch_size):
-  """Each group needs at least one full batch of training windows."""
-  for group, count in zip(groups, train_counts):
+def check_trainable(config, features, groups):
+  """Every clip holds a window, and every group at least one full batch.
+
+  Checked before anything compiles, so the message names the real cause.
+  """
+  data.check_clip_lengths(
+      features, [c for g in groups
+                 for c in (*g.train_clips, *g.val_clips, *g.test_clips)],
+      config.model.frames)
+  batch_size = config.train.batch_size
+  for group in groups:
+    count = data.window_count(features, group.train_clips,
+                              config.model.frames)
     if count < batch_size:
       raise AeasdError(
           f"group {group.name} has {count} training vectors, fewer than"
@@ -501,6 +535,21 @@ def _device_resident(config, features, groups):
            " %s", needed / 1e9, free / 1e9,
            "keeping them on the device" if resident else "streaming them")
   return resident
+
+
+def _check_stream_chunks(config, features, groups):
+  """A streamed chunk of the shortest clips must still fill one batch."""
+  chunk_clips = config.data.stream_chunk_clips
+  shortest = min(int(features.lengths[c]) for g in groups
+                 for c in g.train_clips)
+  windows = shortest - config.model.frames + 1
+  if chunk_clips * windows < config.train.batch_size:
+    raise AeasdError(
+        f"config.data.stream_chunk_clips={chunk_clips}: a streamed chunk of"
+        f" the shortest clips holds {chunk_clips * windows} training vectors,"
+        f" fewer than config.train.batch_size={config.train.batch_size};"
+        " expected at least"
+        f" {-(-config.train.batch_size // windows)} clips per chunk")
 
 
 def _finite_or_raise(metrics, setup, epoch, last_saved):
@@ -537,6 +586,7 @@ def _make_trainer(config, features, groups):
     return Trainer(config, group_names,
                    data.gather_host_windows(features, groups, frames),
                    load=False)
+  _check_stream_chunks(config, features, groups)
   val_windows = data.host_windows(
       features, [[]] * len(groups), [g.val_clips for g in groups], frames)
   chunks = functools.partial(data.stream_chunks, features, groups, frames,
@@ -568,27 +618,29 @@ def _compile_while_loading(trainer, timer):
 def train_and_evaluate(config, workdir):
   """Trains every group's models, resuming from the workdir's checkpoints.
 
-  Then fits each group's decision threshold for the best weights.
+  Then fits each group's decision threshold for the best weights. One run
+  holds the workdir at a time.
 
   Returns:
     The final training state (stacked over models).
   """
+  config_check.check_config(config)
+  # The lock comes first, so that a refused second run writes nothing.
+  with workdir_lock.hold(workdir, config.workdir_lock_stale_s):
+    return _train_and_evaluate(config, workdir_files.prepare(workdir, config))
+
+
+def _train_and_evaluate(config, workdir):
   # pylint: disable=g-import-not-at-top
   from aeasd_jax import evaluation  # Evaluation imports this module.
-  config_check.check_config(config)
   timer = metric_log.PhaseTimer()
-  workdir = workdir_files.prepare(workdir, config)
-  writer = metric_log.MetricWriter(workdir, config.train.tensorboard)
   with timer.phase("features"):
     features, groups = dataset.load(config)
-    check_group_sizes(
-        groups, [data.window_count(features, g.train_clips,
-                                   config.model.frames) for g in groups],
-        config.train.batch_size)
+    check_trainable(config, features, groups)
     trainer = _make_trainer(config, features, groups)
   setup = trainer.setup
-  workdir_files.write_text(workdir / GROUPS_FILE,
-                           json.dumps([g.name for g in groups]))
+  workdir_files.write_json(workdir / workdir_files.GROUPS_FILE,
+                           [g.name for g in groups])
   _compile_while_loading(trainer, timer)
   mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
   last_saved = mngr.latest_step()
@@ -597,35 +649,57 @@ def train_and_evaluate(config, workdir):
   else:
     state = checkpoint.restore(mngr, trainer.abstract_state())
     log.info("resuming from epoch %d in %s", last_saved, mngr.directory)
+  # Epochs after the checkpoint are trained again; their old records would
+  # contradict the new ones.
+  metric_log.drop_epochs_after(workdir, last_saved)
+  writer = metric_log.MetricWriter(workdir, config.train.tensorboard)
   log.info("training %d model(s) (%s) on %d device(s): %s",
            len(setup.model_names), config.model.name,
            trainer.mesh.devices.size, ", ".join(setup.model_names))
   score_dev_auc = functools.partial(
       evaluation.dev_auc_per_model, config, features, groups, setup)
-  for epoch in range(int(state["epoch"]) + 1, config.train.epochs + 1):
-    with timer.phase("train") as elapsed:
-      state, metrics = trainer.epoch(state)
-      metrics = jax.device_get(local_copy(metrics))
-    _finite_or_raise(metrics, setup, epoch, last_saved)
-    selection = _selection_metric(config, metrics, epoch,
-                                  lambda: score_dev_auc(local_copy(state)))
-    state = trainer.keep_best_fn(state, np.asarray(selection, np.float32))
-    rate = int(metrics["steps"].sum()) * config.train.batch_size / elapsed()
-    writer.write({"epoch": epoch, "samples_per_s": rate,
-                  **{k: dict(zip(setup.model_names, map(float, metrics[k])))
-                     for k in ("train_loss", "val_loss", "dev_auc")
-                     if k in metrics}}, step=epoch)
-    if epoch % config.train.log_every == 0 or epoch == config.train.epochs:
-      log.info("epoch %d/%d  loss %s  val %s  %.3gM samples/s", epoch,
-               config.train.epochs, _per_group(metrics["train_loss"], setup),
-               _per_group(metrics["val_loss"], setup), rate / 1e6)
-    if epoch % config.train.checkpoint_every == 0 or (
-        epoch == config.train.epochs):
-      with timer.phase("checkpoint"):
-        checkpoint.save(mngr, epoch, state)
-        last_saved = epoch
+  stop = _StopRequest()
+  epoch = int(state["epoch"])
+  try:
+    with stop.installed():
+      while epoch < config.train.epochs and not stop.requested:
+        epoch += 1
+        with timer.phase("train") as elapsed, stop.interruptible():
+          state, metrics = trainer.epoch(state)
+          metrics = jax.device_get(local_copy(metrics))
+        _finite_or_raise(metrics, setup, epoch, last_saved)
+        selection = _selection_metric(
+            config, metrics, epoch, lambda: score_dev_auc(local_copy(state)))
+        state = trainer.keep_best_fn(state, np.asarray(selection, np.float32))
+        rate = (int(metrics["steps"].sum()) * config.train.batch_size /
+                elapsed())
+        writer.write({"epoch": epoch, "samples_per_s": rate,
+                      **{k: dict(zip(setup.model_names,
+                                     map(float, metrics[k])))
+                         for k in ("train_loss", "val_loss", "dev_auc")
+                         if k in metrics}}, step=epoch)
+        if epoch % config.train.log_every == 0 or (
+            epoch == config.train.epochs):
+          log.info("epoch %d/%d  loss %s  val %s  %.3gM samples/s", epoch,
+                   config.train.epochs,
+                   _per_group(metrics["train_loss"], setup),
+                   _per_group(metrics["val_loss"], setup), rate / 1e6)
+        if (epoch % config.train.checkpoint_every == 0 or
+            epoch == config.train.epochs or stop.requested):
+          with timer.phase("checkpoint"):
+            checkpoint.save(mngr, epoch, state, in_flight=last_saved)
+            last_saved = epoch
+  except KeyboardInterrupt:
+    checkpoint.wait(mngr, last_saved)
+    raise Interrupted(
+        f"stopped during epoch {epoch}; rerun the same command to resume from"
+        f" {_resume_point(mngr.latest_step())}") from None
   with timer.phase("checkpoint"):
-    checkpoint.wait(mngr)
+    checkpoint.wait(mngr, last_saved)
+  if stop.requested:
+    raise Interrupted(f"stopped after epoch {epoch} as asked (Ctrl-C);"
+                      " rerun the same command to resume from it")
+  _warn_unselected(config, setup, groups, local_copy(state["best"]))
   with timer.phase("thresholds"):
     best = local_copy(state["best"])
     evaluation.fit_thresholds(
@@ -636,6 +710,77 @@ def train_and_evaluate(config, workdir):
   log.info("time: %s", timer.summary())
   writer.close()
   return state
+
+
+def _resume_point(last_saved):
+  return (f"epoch {last_saved}, its last checkpoint" if last_saved is not None
+          else "the start: no checkpoint was saved yet")
+
+
+class _StopRequest:
+  """Ctrl-C once: finish the epoch, save it and stop. Twice: stop at once.
+
+  "At once" only inside an epoch's computation: a checkpoint write cut short
+  leaves Orbax's threads waiting forever, so the process would never exit.
+  Installed only in a single-process run's main thread: the processes of a
+  multi-host run could not agree on the epoch to stop at.
+  """
+
+  def __init__(self):
+    self.requested = False
+    self._interruptible = False
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    if self.requested and self._interruptible:
+      raise KeyboardInterrupt
+    if self.requested:
+      log.warning("Ctrl-C: finishing this epoch's checkpoint write first")
+      return
+    self.requested = True
+    log.warning("Ctrl-C: stopping once this epoch is saved (Ctrl-C again to"
+                " stop at once)")
+
+  @contextlib.contextmanager
+  def interruptible(self):
+    """Marks the block as safe to stop with KeyboardInterrupt."""
+    self._interruptible = True
+    try:
+      yield
+    finally:
+      self._interruptible = False
+
+  @contextlib.contextmanager
+  def installed(self):
+    if (threading.current_thread() is not threading.main_thread() or
+        jax.process_count() > 1):
+      yield
+      return
+    previous = signal.signal(signal.SIGINT, self._handle)
+    try:
+      yield
+    finally:
+      signal.signal(signal.SIGINT, previous)
+
+
+def _warn_unselected(config, setup, groups, best):
+  """Says which models' "best" weights are their latest, and why."""
+  unselected = [name for name, metric in zip(setup.model_names,
+                                             np.asarray(best["metric"]))
+                if not np.isfinite(metric)]
+  if not unselected:
+    return
+  if config.train.select_by == "dev_auc":
+    why = (f"config.train.select_every={config.train.select_every} exceeds"
+           " the epochs trained, so no dev AUC check ran")
+  else:
+    empty = [g.name for g in groups if not len(g.val_clips)]
+    why = (f"no training clip was held out for validation in {empty}"
+           f" (config.train.validation_split="
+           f"{config.train.validation_split}, too few clips)" if empty else
+           "the validation loss was never finite")
+  log.warning("no model selection for %s: %s; their 'best' weights are their"
+              " latest", ", ".join(unselected), why)
 
 
 def _per_group(values, setup):

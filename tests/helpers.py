@@ -26,5 +26,5 @@ def latest_weights(workdir):
   """(params, batch_stats) of a workdir's latest checkpoint."""
   config = workdir_files.load_config(workdir)
   _, params, batch_stats, _ = evaluation.load_weights(
-      config, workdir, evaluation.load_groups(workdir), "latest")
+      config, workdir, workdir_files.read_groups(workdir), "latest")
   return params, batch_stats

@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+from aeasd_jax import metric_log
+
 REPO = pathlib.Path(__file__).parents[1]
 
 
@@ -45,8 +47,7 @@ def cli_runs(tiny_root, tmp_path_factory):
 
 
 def _timing(workdir):
-  lines = (workdir / "metrics.jsonl").read_text().splitlines()
-  return [json.loads(l) for l in lines if "timing_s" in l][-1]
+  return [r for r in metric_log.read_records(workdir) if "timing_s" in r][-1]
 
 
 def test_every_run_prints_the_time_breakdown(cli_runs):

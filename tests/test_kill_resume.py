@@ -45,8 +45,9 @@ _CHILD = textwrap.dedent("""
       cache._in_order = dying_in_order
     elif kill_at == "checkpoint_save":
       save = checkpoint.save
-      def dying_save(mngr, epoch, state):
-        save(mngr, epoch, state)  # Orbax goes on writing in the background.
+      def dying_save(mngr, epoch, state, **kwargs):
+        # Orbax goes on writing in the background.
+        save(mngr, epoch, state, **kwargs)
         if epoch == 4:
           die()
       checkpoint.save = dying_save

@@ -49,6 +49,7 @@ def _random_case(seed):
   return y.astype(label_dtype), score
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize('seed', range(300))
 def test_matches_sklearn_on_random_cases(sk, seed):
   y, score = _random_case(seed)
@@ -64,6 +65,7 @@ def test_matches_sklearn_on_random_cases(sk, seed):
         sk.roc_auc_score(y, score, max_fpr=max_fpr), rel=0, abs=1e-12)
 
 
+@pytest.mark.numerics
 def test_million_clips_match_sklearn(sk):
   rng = np.random.default_rng(7)
   y = rng.random(1_000_000) < 0.1
@@ -79,6 +81,7 @@ def test_million_clips_match_sklearn(sk):
         sk.roc_auc_score(y, score, max_fpr=max_fpr), rel=0, abs=1e-12)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize('score', [[-0.0, 0.0, 1.0], [0.0, -0.0, 1.0]])
 def test_signed_zero_threshold_matches_sklearn(sk, score):
   # 0.0 and -0.0 tie, so the sign of their shared threshold depends on the

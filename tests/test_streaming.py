@@ -1,18 +1,17 @@
 """Streaming the training frames in chunks, for data larger than a device."""
 
-import json
-
 import numpy as np
 import pytest
 
 import helpers
 from aeasd_jax import data
 from aeasd_jax import dataset
+from aeasd_jax import metric_log
 from aeasd_jax import train
 
 
 def _curve(workdir, key):
-  records = [json.loads(l) for l in open(workdir / "metrics.jsonl")]
+  records = metric_log.read_records(workdir)
   return np.asarray([list(r[key].values()) for r in records if "epoch" in r])
 
 
@@ -35,6 +34,7 @@ def curves(tmp_path_factory, tiny_root, session_cache_dir):
   return runs
 
 
+@pytest.mark.numerics
 def test_streamed_loss_curve_follows_the_resident_one(curves):
   resident = curves["resident"]["train_loss"]
   streamed = curves["streamed"]["train_loss"]
@@ -42,10 +42,16 @@ def test_streamed_loss_curve_follows_the_resident_one(curves):
   # Both learn: the loss falls by a fifth or more.
   assert np.all(streamed[-1] < 0.8 * streamed[0])
   assert np.all(resident[-1] < 0.8 * resident[0])
-  # The same data in another batch order, less each chunk's remainder: here
-  # 14 steps an epoch instead of 15, so the streamed run lags a little more
-  # each epoch; within 15% over these 6. (The validation loss of so tiny a
-  # model swings by more than that between epochs, so it is not compared.)
+  # Not a rounding equivalence, so the tolerance bounds a designed
+  # difference. The streamed run sees the same windows in another batch
+  # order, less each chunk's remainder: 14 steps of 32 an epoch instead of 15.
+  # By epoch 6 it has trained 6/15 of an epoch less; with the loss falling by
+  # at most a sixth an epoch here, that is <= 6.7%. Another batch order moves
+  # an epoch's mean loss by about the spread of its squared errors (about
+  # their mean) over sqrt(448 windows): <= 5%. 15% covers the sum, 12%. Float32
+  # rounding on another CPU moves these losses by ~1e-7 relative. (The
+  # validation loss of so tiny a model swings by more than that between
+  # epochs, so it is not compared.)
   np.testing.assert_allclose(streamed, resident, rtol=0.15)
 
 
