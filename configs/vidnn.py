@@ -6,10 +6,11 @@ Follows the DCASE 2020 baseline recipe (configs/default.py): Adam 1e-3,
   python train.py --config=configs/vidnn.py
   python evaluate.py --workdir=runs/vidnn
 
-Expected on the bundled synthetic data (dev set, AUC % (pAUC %), seed 0,
-measured 2026-11-25 on 2 CPU cores): fan 100.00 (100.00), slider 100.00 (100.00),
-valve 90.74 (91.23), average 96.91 (97.08). Unlike the VAE, which trails the AE
-there, predicting the centre frame keeps it level with IDNN.
+Expected on the bundled synthetic data (dev set, AUC %, mean ± std over 3 seeds
+with --config.train.num_seeds=3, measured 2026-11-27 on 2 CPU cores; README.md
+has the full table): fan 100.00 ± 0.00, slider 100.00 ± 0.00, valve 90.43 ±
+0.44, average 96.81 ± 0.15 (pAUC 97.08 ± 0.00). Unlike the VAE, which trails
+the AE there, predicting the centre frame keeps it level with IDNN.
 """
 
 from configs import default
