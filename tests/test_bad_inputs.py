@@ -6,6 +6,7 @@ expected exit code (2: one `error:` line; 0: handled with a warning) and
 a message naming the file or setting, never a traceback.
 """
 
+import contextlib
 import dataclasses
 import errno
 import json
@@ -31,6 +32,7 @@ from aeasd_jax import metric_log
 from aeasd_jax import runtime
 from aeasd_jax import train
 from aeasd_jax import workdir_files
+from aeasd_jax import workdir_lock
 from aeasd_jax.errors import AeasdError
 
 REPO = pathlib.Path(__file__).parents[1]
@@ -51,8 +53,8 @@ class Context:
   config: object
   tmp: pathlib.Path
   trained: pathlib.Path
-  tiny_root: pathlib.Path
   monkeypatch: pytest.MonkeyPatch
+  stack: contextlib.ExitStack  # Closed after the case.
 
   def copy_of_trained(self):
     target = self.tmp / "copy"
@@ -60,11 +62,15 @@ class Context:
     return target
 
   def copy_of_data(self):
-    """A private copy of the tiny dataset, free to damage."""
-    root = self.tmp / "data"
-    shutil.copytree(self.tiny_root, root)
-    self.config.data.root = str(root)
-    return root
+    return _private_data(self.config, self.tmp)
+
+
+def _private_data(config, tmp):
+  """Points config at a private copy of its dataset, free to damage."""
+  root = tmp / "data"
+  shutil.copytree(config.data.root, root)
+  config.data.root = str(root)
+  return root
 
 
 @dataclasses.dataclass
@@ -187,7 +193,8 @@ def _dev_id_without_anomalies(ctx):
 def _eval_id_of_one_label(ctx):
   truth = ctx.tmp / "eval_data_list.csv"
   rows, machine_type = [], None
-  for line in (ctx.tiny_root / "eval_data_list.csv").read_text().splitlines():
+  source = pathlib.Path(ctx.config.data.root) / "eval_data_list.csv"
+  for line in source.read_text().splitlines():
     fields = line.split(",")
     if len(fields) == 1:
       machine_type = fields[0]
@@ -205,6 +212,12 @@ def _wav_all_unreadable(ctx):
   (folder / "b.wav").write_bytes(b"")
   return lambda: evaluation.score_recordings(ctx.trained, folder,
                                              machine_type="fan")
+
+
+def _workdir_in_use(ctx):
+  workdir = ctx.tmp / "run"
+  ctx.stack.enter_context(workdir_lock.hold(workdir, 60.0))
+  return _train(ctx)
 
 
 def _metrics_disk_full(ctx):
@@ -265,23 +278,26 @@ CASES = [
          0, "fan/id_01: every test clip has label 0"),
     Case("--wav where every file fails", _wav_all_unreadable, 2,
          "none of the 2 file(s) could be scored"),
+    Case("a second run on a workdir in use", _workdir_in_use, 2,
+         f"is in use by train.py (pid {os.getpid()} on host"),
     Case("disk full while appending to metrics.jsonl", _metrics_disk_full, 2,
          "metrics.jsonl"),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_bad_input(case, tiny_config, tmp_path, trained, tiny_root, capsys,
-                   caplog, monkeypatch):
-  ctx = Context(tiny_config, tmp_path, trained, tiny_root, monkeypatch)
-  fn = case.run(ctx)
-  capsys.readouterr()
-  caplog.clear()
-  try:
-    runtime.run(fn)
-    code = 0
-  except SystemExit as e:
-    code = e.code
+def test_bad_input(case, tiny_config, tmp_path, trained, capsys, caplog,
+                   monkeypatch):
+  with contextlib.ExitStack() as stack:
+    ctx = Context(tiny_config, tmp_path, trained, monkeypatch, stack)
+    fn = case.run(ctx)
+    capsys.readouterr()
+    caplog.clear()
+    try:
+      runtime.run(fn)
+      code = 0
+    except SystemExit as e:
+      code = e.code
   stderr = capsys.readouterr().err
   assert "Traceback" not in stderr
   if case.code:
@@ -306,8 +322,7 @@ def _best_equals_latest(workdir):
 def test_group_of_one_training_clip_is_scored_with_trained_weights(
     tiny_config, tmp_path, caplog):
   """No clip is held out, so no selection happens: never the initialisation."""
-  ctx = Context(tiny_config, tmp_path, None, tiny_config.data.root, None)
-  root = ctx.copy_of_data()
+  root = _private_data(tiny_config, tmp_path)
   for clip in sorted((root / "dev_data" / "fan" / "train").iterdir())[1:]:
     clip.unlink()
   tiny_config.data.machine_types = ("fan",)
@@ -370,8 +385,7 @@ def test_recording_names_cannot_forge_output_lines(trained, tiny_root,
 
 
 def test_csv_files_quote_a_comma_in_a_machine_type(tiny_config, tmp_path):
-  ctx = Context(tiny_config, tmp_path, None, tiny_config.data.root, None)
-  root = ctx.copy_of_data()
+  root = _private_data(tiny_config, tmp_path)
   for section in ("dev_data", "eval_data"):
     (root / section / "fan").rename(root / section / "fan, big")
   tiny_config.data.machine_types = ("fan, big",)
