@@ -8,20 +8,32 @@ from absl import app
 from absl import flags
 
 from aeasd_jax import evaluation
+from aeasd_jax import recordings
 from aeasd_jax import runtime
 from aeasd_jax import workdir_files
 
-flags.DEFINE_string("workdir", None, "A run folder written by train.py.",
-                    required=True)
+flags.DEFINE_string(
+  "workdir", None, "A run folder written by train.py.", required=True
+)
 flags.DEFINE_string("checkpoint", "best", "best, latest or an epoch number.")
-flags.DEFINE_string("eval_ground_truth", None,
-                    "An eval_data_list.csv to score the eval set against.")
-flags.DEFINE_bool("plots", False, "Write ROC and histogram PNGs (needs the"
-                  " [plot] extra).")
-flags.DEFINE_string("wav", None, "A file or folder of recordings to score"
-                    " instead of the DCASE test sets.")
-flags.DEFINE_string("machine_type", None, "The machine type of --wav files"
-                    " (needed when the run trained several).")
+flags.DEFINE_string(
+  "eval_ground_truth",
+  None,
+  "An eval_data_list.csv to score the eval set against.",
+)
+flags.DEFINE_bool(
+  "plots", False, "Write ROC and histogram PNGs (needs the [plot] extra)."
+)
+flags.DEFINE_string(
+  "wav",
+  None,
+  "A file or folder of recordings to score instead of the DCASE test sets.",
+)
+flags.DEFINE_string(
+  "machine_type",
+  None,
+  "The machine type of --wav files (needed when the run trained several).",
+)
 FLAGS = flags.FLAGS
 
 
@@ -33,12 +45,18 @@ def main(argv):
     config = workdir_files.load_config(FLAGS.workdir)
     runtime.enable_compilation_cache(config)
     if FLAGS.wav:
-      return evaluation.score_recordings(
-          FLAGS.workdir, FLAGS.wav, machine_type=FLAGS.machine_type,
-          which=FLAGS.checkpoint)
+      return recordings.score_recordings(
+        FLAGS.workdir,
+        FLAGS.wav,
+        machine_type=FLAGS.machine_type,
+        which=FLAGS.checkpoint,
+      )
     return evaluation.evaluate(
-        FLAGS.workdir, which=FLAGS.checkpoint,
-        eval_ground_truth=FLAGS.eval_ground_truth, plots=FLAGS.plots)
+      FLAGS.workdir,
+      which=FLAGS.checkpoint,
+      eval_ground_truth=FLAGS.eval_ground_truth,
+      plots=FLAGS.plots,
+    )
 
   runtime.run(run)
 

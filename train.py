@@ -1,4 +1,4 @@
-"""Trains AE, VAE or IDNN anomaly detectors: python train.py --config=configs/idnn.py.
+"""Trains AE, VAE or IDNN detectors: python train.py --config=configs/idnn.py.
 
 Kept short on purpose; the logic is in aeasd_jax.train, where tests reach it.
 """
@@ -13,11 +13,15 @@ from aeasd_jax import train
 # No default: a default config file would be loaded, with the overrides, at
 # import time, before a bad override could be reported as one line.
 config_flags.DEFINE_config_file(
-    "config", None, "Training configuration file, e.g. configs/idnn.py.")
+  "config", None, "Training configuration file, e.g. configs/idnn.py."
+)
 flags.mark_flag_as_required("config")
 flags.DEFINE_string("workdir", None, "Run folder; default runs/<config.name>.")
-flags.DEFINE_string("coordinator_address", None,
-                    "host:port of process 0, for multi-host training.")
+flags.DEFINE_string(
+  "coordinator_address",
+  None,
+  "host:port of process 0, for multi-host training.",
+)
 flags.DEFINE_integer("num_processes", 1, "Processes in a multi-host run.")
 flags.DEFINE_integer("process_id", 0, "This process's index.")
 FLAGS = flags.FLAGS
@@ -27,8 +31,9 @@ def main(argv):
   del argv
   runtime.configure_logging()
   config = FLAGS.config
-  runtime.initialize_distributed(FLAGS.coordinator_address,
-                                 FLAGS.num_processes, FLAGS.process_id)
+  runtime.initialize_distributed(
+    FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+  )
   runtime.enable_compilation_cache(config)
   workdir = FLAGS.workdir or f"runs/{config.name}"
   runtime.run(lambda: train.train_and_evaluate(config, workdir))

@@ -48,36 +48,46 @@ def read_audio(path, *, sample_rate=16000, resample=False, min_samples=1):
       samples = f.read(dtype="float32", always_2d=True)
   except (soundfile.SoundFileError, RuntimeError, ValueError) as e:
     raise AeasdError(
-        f"{path}: not a readable WAV/FLAC file ({e}); expected 8- to 32-bit"
-        " PCM or float audio") from None
+      f"{path}: not a readable WAV/FLAC file ({e}); expected 8- to 32-bit"
+      " PCM or float audio"
+    ) from None
   if samples.shape[0] == 0:
-    raise AeasdError(f"{path}: the file holds no samples; expected a clip of"
-                     f" at least {min_samples} samples")
+    raise AeasdError(
+      f"{path}: the file holds no samples; expected a clip of"
+      f" at least {min_samples} samples"
+    )
   # libsndfile 1.2 reports a cut FLAC itself, but a decoder that stops early
   # without an error must not pass a short clip off as a whole one.
   if samples.shape[0] < declared:
     raise AeasdError(
-        f"{path}: truncated: the header declares {declared} frames but only"
-        f" {samples.shape[0]} decode; expected a complete audio file")
+      f"{path}: truncated: the header declares {declared} frames but only"
+      f" {samples.shape[0]} decode; expected a complete audio file"
+    )
   if not np.all(np.isfinite(samples)):
-    raise AeasdError(f"{path}: the audio holds NaN or Inf samples; expected"
-                     " finite sample values")
+    raise AeasdError(
+      f"{path}: the audio holds NaN or Inf samples; expected"
+      " finite sample values"
+    )
   clip = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
   if file_rate != sample_rate:
     if not resample:
       raise AeasdError(
-          f"{path}: sample rate {file_rate} Hz, expected {sample_rate} Hz (set"
-          " config.data.resample=True to resample it)")
+        f"{path}: sample rate {file_rate} Hz, expected {sample_rate} Hz (set"
+        " config.data.resample=True to resample it)"
+      )
     import scipy.signal  # pylint: disable=g-import-not-at-top  # Slow; rare.
+
     # int(): resample_poly needs integer factors and a config may hold 16000.0.
     target = int(sample_rate)
     gcd = math.gcd(file_rate, target)
     clip = scipy.signal.resample_poly(
-        clip, target // gcd, file_rate // gcd).astype(np.float32)
+      clip, target // gcd, file_rate // gcd
+    ).astype(np.float32)
   if clip.shape[0] < min_samples:
     raise AeasdError(
-        f"{path}: {clip.shape[0]} samples, shorter than n_fft={min_samples};"
-        " expected a longer clip")
+      f"{path}: {clip.shape[0]} samples, shorter than n_fft={min_samples};"
+      " expected a longer clip"
+    )
   return np.ascontiguousarray(clip, dtype=np.float32)
 
 
@@ -90,26 +100,28 @@ def _check_complete(path):
   except OSError as e:
     if isinstance(e, FileNotFoundError) and os.path.islink(path):
       raise AeasdError(
-          f"{path}: dangling symbolic link to {os.readlink(path)}; expected a"
-          " link to an existing WAV or FLAC file") from None
+        f"{path}: dangling symbolic link to {os.readlink(path)}; expected a"
+        " link to an existing WAV or FLAC file"
+      ) from None
     raise AeasdError(f"{path}: cannot open ({e.strerror})") from None
   # Opening a FIFO would block until something writes to it.
   if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
-    raise AeasdError(f"{path}: not a regular file; expected a WAV or FLAC"
-                     " file")
+    raise AeasdError(f"{path}: not a regular file; expected a WAV or FLAC file")
   try:
     with open(path, "rb") as f:
       size = os.fstat(f.fileno()).st_size
       if size == 0:
         raise AeasdError(
-            f"{path}: the file is empty; expected a WAV or FLAC clip")
+          f"{path}: the file is empty; expected a WAV or FLAC clip"
+        )
       data = _wav_data_chunk(f, size)
   except OSError as e:
     raise AeasdError(f"{path}: cannot open ({e.strerror})") from None
   if data is not None and data[0] > data[1]:
     raise AeasdError(
-        f"{path}: truncated: the data chunk declares {data[0]} bytes but the"
-        f" file holds {data[1]}; expected a complete WAV file")
+      f"{path}: truncated: the data chunk declares {data[0]} bytes but the"
+      f" file holds {data[1]}; expected a complete WAV file"
+    )
 
 
 def _wav_data_chunk(f, file_size):

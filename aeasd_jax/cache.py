@@ -36,6 +36,7 @@ FORMAT_VERSION = 1
 @dataclasses.dataclass(frozen=True)
 class FeatureCache:
   """Frames of every clip, and where each clip's frames start and end."""
+
   directory: pathlib.Path
   frames: np.ndarray  # [total_frames, n_mels] float32, memory-mapped.
   clips: tuple  # dcase.Clip, in storage order.
@@ -44,15 +45,22 @@ class FeatureCache:
   bad_files: tuple  # "path: reason" for each file left out.
 
   def clip_frames(self, i):
-    return self.frames[self.offsets[i]:self.offsets[i] + self.lengths[i]]
+    return self.frames[self.offsets[i] : self.offsets[i] + self.lengths[i]]
 
 
 def cache_key(clips, feature_params, audio_params):
   """A hash of everything the cached frames depend on."""
   digest = hashlib.sha256()
-  digest.update(json.dumps(
-      {"version": FORMAT_VERSION, "features": feature_params,
-       "audio": audio_params}, sort_keys=True).encode())
+  digest.update(
+    json.dumps(
+      {
+        "version": FORMAT_VERSION,
+        "features": feature_params,
+        "audio": audio_params,
+      },
+      sort_keys=True,
+    ).encode()
+  )
   for clip in clips:
     try:
       stat = os.stat(clip.path)
@@ -64,9 +72,18 @@ def cache_key(clips, feature_params, audio_params):
   return digest.hexdigest()[:20]
 
 
-def build_or_load(clips, feature_params, cache_dir, *, resample=False,
-                  skip_bad_files=False, num_workers=8, batch_size=64,
-                  batch_seconds=640.0, show_progress=True):
+def build_or_load(
+  clips,
+  feature_params,
+  cache_dir,
+  *,
+  resample=False,
+  skip_bad_files=False,
+  num_workers=8,
+  batch_size=64,
+  batch_seconds=640.0,
+  show_progress=True,
+):
   """Loads the cache for these clips and settings, building it if needed.
 
   Args:
@@ -86,21 +103,34 @@ def build_or_load(clips, feature_params, cache_dir, *, resample=False,
     A FeatureCache.
   """
   if not clips:
-    raise AeasdError("no clips to cache; check config.data.root and"
-                     " config.data.machine_types")
+    raise AeasdError(
+      "no clips to cache; check config.data.root and config.data.machine_types"
+    )
   audio_params = {"resample": bool(resample)}
   key = cache_key(clips, feature_params, audio_params)
   directory = pathlib.Path(cache_dir) / key
   if not directory.is_dir():
-    _build(directory, clips, feature_params, resample, skip_bad_files,
-           num_workers, batch_size, batch_seconds, show_progress)
+    _build(
+      directory,
+      clips,
+      feature_params,
+      resample,
+      skip_bad_files,
+      num_workers,
+      batch_size,
+      batch_seconds,
+      show_progress,
+    )
   cache = load(directory)
   if cache.bad_files and not skip_bad_files:
     # The cache was built with skip_bad_files=True; this run asked to stop.
     raise _bad_files_error(cache.bad_files)
   if cache.bad_files:
-    log.warning("%d bad file(s) were left out of the feature cache; see %s",
-                len(cache.bad_files), directory / BAD_FILES_REPORT)
+    log.warning(
+      "%d bad file(s) were left out of the feature cache; see %s",
+      len(cache.bad_files),
+      directory / BAD_FILES_REPORT,
+    )
   return cache
 
 
@@ -111,45 +141,67 @@ def load(directory):
     with open(directory / INDEX_FILE) as f:
       index = json.load(f)
   except (OSError, ValueError) as e:
-    raise AeasdError(f"feature cache {directory}: unreadable index ({e});"
-                     " delete the folder to rebuild it") from None
+    raise AeasdError(
+      f"feature cache {directory}: unreadable index ({e});"
+      " delete the folder to rebuild it"
+    ) from None
   body = {k: v for k, v in index.items() if k != "checksum"}
   if index.get("checksum") != _checksum(body):
-    raise AeasdError(f"feature cache {directory}: index checksum mismatch;"
-                     " delete the folder to rebuild it")
+    raise AeasdError(
+      f"feature cache {directory}: index checksum mismatch;"
+      " delete the folder to rebuild it"
+    )
   if body["key"] != directory.name:
-    raise AeasdError(f"feature cache {directory}: index is for key"
-                     f" {body['key']}; delete the folder to rebuild it")
+    raise AeasdError(
+      f"feature cache {directory}: index is for key"
+      f" {body['key']}; delete the folder to rebuild it"
+    )
   lengths = np.asarray(body["lengths"], np.int64)
   n_mels = body["n_mels"]
   total = int(lengths.sum())
   frames_path = directory / FRAMES_FILE
   expected_bytes = total * n_mels * 4
   if not frames_path.is_file() or frames_path.stat().st_size != expected_bytes:
-    raise AeasdError(f"feature cache {frames_path}: expected {expected_bytes}"
-                     " bytes; delete the folder to rebuild it")
-  frames = (np.memmap(frames_path, np.float32, "r", shape=(total, n_mels))
-            if total else np.zeros((0, n_mels), np.float32))
+    raise AeasdError(
+      f"feature cache {frames_path}: expected {expected_bytes}"
+      " bytes; delete the folder to rebuild it"
+    )
+  frames = (
+    np.memmap(frames_path, np.float32, "r", shape=(total, n_mels))
+    if total
+    else np.zeros((0, n_mels), np.float32)
+  )
   # Not concatenate([0], ...): that gives one offset for zero clips.
   offsets = np.cumsum(lengths) - lengths
   clips = tuple(dcase.Clip(**c) for c in body["clips"])
-  return FeatureCache(directory, frames, clips, offsets, lengths,
-                      tuple(body["bad_files"]))
+  return FeatureCache(
+    directory, frames, clips, offsets, lengths, tuple(body["bad_files"])
+  )
 
 
 def _bad_files_error(bad):
   listing = "\n  ".join(bad)
   return AeasdError(
-      f"{len(bad)} bad audio file(s); fix or remove them, or set"
-      f" config.data.skip_bad_files=True to leave them out:\n  {listing}")
+    f"{len(bad)} bad audio file(s); fix or remove them, or set"
+    f" config.data.skip_bad_files=True to leave them out:\n  {listing}"
+  )
 
 
 def _checksum(body):
   return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def _build(directory, clips, feature_params, resample, skip_bad_files,
-           num_workers, batch_size, batch_seconds, show_progress):
+def _build(
+  directory,
+  clips,
+  feature_params,
+  resample,
+  skip_bad_files,
+  num_workers,
+  batch_size,
+  batch_seconds,
+  show_progress,
+):
   """Computes all frames into a temporary folder, then renames it."""
   directory.parent.mkdir(parents=True, exist_ok=True)
   _remove_abandoned_builds(directory)
@@ -158,16 +210,28 @@ def _build(directory, clips, feature_params, resample, skip_bad_files,
   tmp.mkdir()
   try:
     kept, lengths, bad = _compute_frames(
-        tmp / FRAMES_FILE, clips, feature_params, resample, num_workers,
-        batch_size, batch_seconds, show_progress)
+      tmp / FRAMES_FILE,
+      clips,
+      feature_params,
+      resample,
+      num_workers,
+      batch_size,
+      batch_seconds,
+      show_progress,
+    )
     if bad and not skip_bad_files:
       raise _bad_files_error(bad)
     if bad:
       (tmp / BAD_FILES_REPORT).write_text("\n".join(bad) + "\n")
-    body = {"key": directory.name, "version": FORMAT_VERSION,
-            "n_mels": feature_params["n_mels"], "features": feature_params,
-            "clips": [dataclasses.asdict(c) for c in kept],
-            "lengths": lengths, "bad_files": bad}
+    body = {
+      "key": directory.name,
+      "version": FORMAT_VERSION,
+      "n_mels": feature_params["n_mels"],
+      "features": feature_params,
+      "clips": [dataclasses.asdict(c) for c in kept],
+      "lengths": lengths,
+      "bad_files": bad,
+    }
     with open(tmp / INDEX_FILE, "w") as f:
       json.dump({**body, "checksum": _checksum(body)}, f)
       f.flush()
@@ -179,9 +243,11 @@ def _build(directory, clips, feature_params, resample, skip_bad_files,
       if not directory.is_dir():
         raise
   except OSError as e:
-    raise AeasdError(f"cannot write the feature cache under {directory.parent}"
-                     f" ({e.strerror or e}); expected a writable folder with"
-                     " free space (config.data.cache_dir)") from None
+    raise AeasdError(
+      f"cannot write the feature cache under {directory.parent}"
+      f" ({e.strerror or e}); expected a writable folder with"
+      " free space (config.data.cache_dir)"
+    ) from None
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -197,8 +263,16 @@ def _remove_abandoned_builds(directory):
       pass  # Not ours to judge: a foreign name or another user's process.
 
 
-def _compute_frames(frames_path, clips, feature_params, resample, num_workers,
-                    batch_size, batch_seconds, show_progress):
+def _compute_frames(
+  frames_path,
+  clips,
+  feature_params,
+  resample,
+  num_workers,
+  batch_size,
+  batch_seconds,
+  show_progress,
+):
   """Decodes clips on threads and runs log-mel in batches on the device."""
   log_mel = jax.jit(lambda y: features.log_mel(y, **feature_params))
   decode = lambda clip: _decode(clip, feature_params, resample)
@@ -214,32 +288,38 @@ def _compute_frames(frames_path, clips, feature_params, resample, num_workers,
   def flush(out):
     # One program per clip length: pad every call to the same clip count.
     waves = np.stack([w for _, w in pending])
-    padded = np.zeros((clips_per_call(waves.shape[1]), waves.shape[1]),
-                      np.float32)
-    padded[:len(waves)] = waves
-    mels = np.asarray(log_mel(padded))[:len(waves)]
+    padded = np.zeros(
+      (clips_per_call(waves.shape[1]), waves.shape[1]), np.float32
+    )
+    padded[: len(waves)] = waves
+    mels = np.asarray(log_mel(padded))[: len(waves)]
     for (clip, _), mel in zip(pending, mels):
       out.write(np.ascontiguousarray(mel, np.float32).tobytes())
       kept.append(clip)
       lengths.append(int(mel.shape[0]))
     pending.clear()
 
-  with open(frames_path, "wb") as out, \
-      concurrent.futures.ThreadPoolExecutor(num_workers) as pool, \
-      _ProgressLine(show_progress) as progress:
+  with (
+    open(frames_path, "wb") as out,
+    concurrent.futures.ThreadPoolExecutor(num_workers) as pool,
+    _ProgressLine(show_progress) as progress,
+  ):
     decoded = _in_order(pool, decode, clips, window=4 * num_workers)
     for done, (clip, result) in enumerate(decoded, 1):
       if isinstance(result, AeasdError):
         bad.append(str(result))
       else:
-        if pending and (len(pending) == clips_per_call(pending[0][1].shape[0])
-                        or pending[0][1].shape != result.shape):
+        if pending and (
+          len(pending) == clips_per_call(pending[0][1].shape[0])
+          or pending[0][1].shape != result.shape
+        ):
           flush(out)
         pending.append((clip, result))
       if done % 50 == 0 or done == len(clips):
         rate = done / (time.perf_counter() - start)
-        progress.show(f"feature cache: {done}/{len(clips)} clips,"
-                      f" {rate:.0f} clips/s")
+        progress.show(
+          f"feature cache: {done}/{len(clips)} clips, {rate:.0f} clips/s"
+        )
     if pending:
       flush(out)
     out.flush()
@@ -291,9 +371,11 @@ def _in_order(pool, fn, items, window):
 
 def _decode(clip, feature_params, resample):
   try:
-    return audio.read_audio(clip.path,
-                            sample_rate=feature_params["sample_rate"],
-                            resample=resample,
-                            min_samples=feature_params["n_fft"])
+    return audio.read_audio(
+      clip.path,
+      sample_rate=feature_params["sample_rate"],
+      resample=resample,
+      min_samples=feature_params["n_fft"],
+    )
   except AeasdError as e:
     return e

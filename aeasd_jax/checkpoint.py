@@ -19,8 +19,9 @@ def manager(workdir, keep=3):
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
   # The handler named up front lets item_metadata() read a step's shapes
   # before restoring it.
-  return ocp.CheckpointManager(directory, options=options,
-                               item_handlers=ocp.StandardCheckpointHandler())
+  return ocp.CheckpointManager(
+    directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
+  )
 
 
 def save(mngr, epoch, state, in_flight=None):
@@ -50,10 +51,11 @@ def _write_errors(mngr, epoch):
   try:
     yield
   except OSError as e:
-    raise AeasdError(f"cannot write checkpoint {epoch} under {mngr.directory}"
-                     f" ({e.strerror or e}); expected a writable workdir with"
-                     " free space. Earlier complete checkpoints are kept"
-                     ) from None
+    raise AeasdError(
+      f"cannot write checkpoint {epoch} under {mngr.directory}"
+      f" ({e.strerror or e}); expected a writable workdir with"
+      " free space. Earlier complete checkpoints are kept"
+    ) from None
 
 
 def restore(mngr, abstract_state, step=None):
@@ -71,8 +73,10 @@ def restore(mngr, abstract_state, step=None):
   """
   step = mngr.latest_step() if step is None else step
   if step is None or step not in mngr.all_steps():
-    raise AeasdError(f"{mngr.directory}: no checkpoint for epoch {step};"
-                     f" found {sorted(mngr.all_steps())}")
+    raise AeasdError(
+      f"{mngr.directory}: no checkpoint for epoch {step};"
+      f" found {sorted(mngr.all_steps())}"
+    )
   where = mngr.directory / str(step)
   # Orbax and TensorStore report damaged files with many exception types
   # (bare Exception among them), so any failure to read is damage; a
@@ -84,8 +88,9 @@ def restore(mngr, abstract_state, step=None):
   mismatch = _first_mismatch(stored, _leaf_shapes(abstract_state))
   if mismatch:
     raise AeasdError(
-        f"{where}: the checkpoint does not fit this config ({mismatch});"
-        " expected a workdir trained with the same model, groups and seeds")
+      f"{where}: the checkpoint does not fit this config ({mismatch});"
+      " expected a workdir trained with the same model, groups and seeds"
+    )
   try:
     return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
   except Exception as e:  # pylint: disable=broad-except
@@ -94,24 +99,35 @@ def restore(mngr, abstract_state, step=None):
 
 def _damaged(mngr, step, error):
   others = sorted(set(mngr.all_steps()) - {step})
-  earlier = (f"delete {mngr.directory / str(step)} to use the previous"
-             f" checkpoints {others}" if others else
-             "delete the workdir's checkpoints folder to train afresh")
+  earlier = (
+    f"delete {mngr.directory / str(step)} to use the previous"
+    f" checkpoints {others}"
+    if others
+    else "delete the workdir's checkpoints folder to train afresh"
+  )
   # TensorStore appends a long repr of its spec; the first clause is enough.
   detail = (str(error).splitlines() or [type(error).__name__])[0]
   detail = detail.split(" See full TensorStore details")[0][:200]
-  return AeasdError(f"{mngr.directory / str(step)}: the checkpoint is damaged"
-                    f" ({detail}); expected complete checkpoint files:"
-                    f" {earlier}")
+  return AeasdError(
+    f"{mngr.directory / str(step)}: the checkpoint is damaged"
+    f" ({detail}); expected complete checkpoint files:"
+    f" {earlier}"
+  )
 
 
 def _leaf_shapes(tree):
   """{"params/encoder/0/dense/kernel": (shape, dtype)} of a pytree."""
+
   def name(path):
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(
-        k, "name", k)))) for k in path)
-  return {name(path): (tuple(leaf.shape), str(leaf.dtype))
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return "/".join(
+      str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
+      for k in path
+    )
+
+  return {
+    name(path): (tuple(leaf.shape), str(leaf.dtype))
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
 
 
 def _first_mismatch(stored, expected):
@@ -123,6 +139,8 @@ def _first_mismatch(stored, expected):
       return f"{path} is not in this config's model"
     if stored[path] != expected[path]:
       (shape, dtype), (want, want_dtype) = stored[path], expected[path]
-      return (f"{path} is {dtype}{list(shape)}, this config expects"
-              f" {want_dtype}{list(want)}")
+      return (
+        f"{path} is {dtype}{list(shape)}, this config expects"
+        f" {want_dtype}{list(want)}"
+      )
   return None

@@ -29,8 +29,14 @@ def lookup(config, setting):
 
 def _positive_int(config, setting):
   value = lookup(config, setting)
-  _require(isinstance(value, numbers.Integral) and not isinstance(value, bool)
-           and value > 0, setting, value, "a positive integer")
+  _require(
+    isinstance(value, numbers.Integral)
+    and not isinstance(value, bool)
+    and value > 0,
+    setting,
+    value,
+    "a positive integer",
+  )
 
 
 def _number_in(config, setting, interval):
@@ -42,10 +48,13 @@ def _number_in(config, setting, interval):
   value = lookup(config, setting)
   low, high = (float(bound) for bound in interval[1:-1].split(","))
   # Comparisons, not math.isfinite, which overflows on a huge int.
-  ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
-        and -math.inf < value < math.inf
-        and (low < value if interval[0] == "(" else low <= value)
-        and (value < high if interval[-1] == ")" else value <= high))
+  ok = (
+    isinstance(value, numbers.Real)
+    and not isinstance(value, bool)
+    and -math.inf < value < math.inf
+    and (low < value if interval[0] == "(" else low <= value)
+    and (value < high if interval[-1] == ")" else value <= high)
+  )
   _require(ok, setting, value, f"a number in {interval}")
 
 
@@ -57,8 +66,12 @@ def _bool(config, setting):
 def _choice(config, setting, choices):
   value = lookup(config, setting)
   # Every choice is a string; `in` on a set would raise for a list value.
-  _require(isinstance(value, str) and value in choices, setting, value,
-           f"one of {sorted(choices)}")
+  _require(
+    isinstance(value, str) and value in choices,
+    setting,
+    value,
+    f"one of {sorted(choices)}",
+  )
 
 
 def check_config(config):
@@ -66,51 +79,86 @@ def check_config(config):
   # First: model.n_mels refers to features.n_mels, and a bad feature setting
   # should be named as such.
   features.check_params(dict(config.features), prefix="config.features.")
-  for setting in ("model.frames", "model.n_mels", "model.hidden",
-                  "model.depth", "model.bottleneck", "train.epochs",
-                  "train.batch_size", "train.num_seeds", "train.select_every",
-                  "train.checkpoint_every", "train.keep_checkpoints",
-                  "train.log_every", "score.batch_windows",
-                  "data.decode_workers", "data.feature_batch",
-                  "data.stream_chunk_clips",
-                  "synth.clips_per_id"):
+  for setting in (
+    "model.frames",
+    "model.n_mels",
+    "model.hidden",
+    "model.depth",
+    "model.bottleneck",
+    "train.epochs",
+    "train.batch_size",
+    "train.num_seeds",
+    "train.select_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.log_every",
+    "score.batch_windows",
+    "data.decode_workers",
+    "data.feature_batch",
+    "data.stream_chunk_clips",
+    "synth.clips_per_id",
+  ):
     _positive_int(config, setting)
   _choice(config, "model.name", set(models.MODELS))
   _choice(config, "model.kl_reduction", {"mean", "sum"})
   _choice(config, "model.compute_dtype", {"float32", "bfloat16", "float64"})
   # Without x64 JAX silently computes "float64" in float32.
-  _require(config.model.compute_dtype != "float64" or jax.config.jax_enable_x64,
-           "model.compute_dtype", config.model.compute_dtype,
-           "jax_enable_x64 for float64 (set JAX_ENABLE_X64=1 before starting"
-           " Python)")
+  _require(
+    config.model.compute_dtype != "float64" or jax.config.jax_enable_x64,
+    "model.compute_dtype",
+    config.model.compute_dtype,
+    "jax_enable_x64 for float64 (set JAX_ENABLE_X64=1 before starting Python)",
+  )
   _choice(config, "data.group_by", {"type", "type_id"})
   _choice(config, "train.select_by", {"val_loss", "dev_auc"})
   _choice(config, "score.pooling", set(scoring.POOLINGS))
-  _require(config.model.frames % 2 == 1 or
-           not models.MODELS[config.model.name].interpolate, "model.frames",
-           config.model.frames, "an odd number for IDNN (a centre frame)")
+  _require(
+    config.model.frames % 2 == 1
+    or not models.MODELS[config.model.name].interpolate,
+    "model.frames",
+    config.model.frames,
+    "an odd number for IDNN (a centre frame)",
+  )
   for setting, interval in (
-      ("train.learning_rate", "(0, 1e3]"), ("train.adam_eps", "[0, 1]"),
-      ("train.validation_split", "[0, 0.9]"),
-      ("model.bn_momentum", "[0, 1]"), ("model.bn_epsilon", "(0, 1]"),
-      ("model.beta", "[0, 1e6]"), ("score.gwrp_decay", "[0, 1]"),
-      # 100 would put the threshold at the gamma fit's +Infinity.
-      ("score.threshold_percentile", "(0, 100)"),
-      ("synth.seconds", "[0.1, 600]"),
-      ("data.feature_batch_seconds", "(0, inf)")):
+    ("train.learning_rate", "(0, 1e3]"),
+    ("train.adam_eps", "[0, 1]"),
+    ("train.validation_split", "[0, 0.9]"),
+    ("model.bn_momentum", "[0, 1]"),
+    ("model.bn_epsilon", "(0, 1]"),
+    ("model.beta", "[0, 1e6]"),
+    ("score.gwrp_decay", "[0, 1]"),
+    # 100 would put the threshold at the gamma fit's +Infinity.
+    ("score.threshold_percentile", "(0, 100)"),
+    ("synth.seconds", "[0.1, 600]"),
+    ("data.feature_batch_seconds", "(0, inf)"),
+  ):
     _number_in(config, setting, interval)
-  for setting in ("data.use_eval_train", "data.resample",
-                  "data.skip_bad_files"):
+  for setting in (
+    "data.use_eval_train",
+    "data.resample",
+    "data.skip_bad_files",
+  ):
     _bool(config, setting)
   resident = config.data.device_resident
-  _require(resident is None or isinstance(resident, bool),
-           "data.device_resident", resident, "None, True or False")
+  _require(
+    resident is None or isinstance(resident, bool),
+    "data.device_resident",
+    resident,
+    "None, True or False",
+  )
   if config.train.select_by == "val_loss":
-    _require(config.train.validation_split > 0, "train.validation_split",
-             config.train.validation_split,
-             "a fraction > 0 when train.select_by='val_loss'")
-  _require(config.features.n_mels == config.model.n_mels, "model.n_mels",
-           config.model.n_mels, f"features.n_mels={config.features.n_mels}")
+    _require(
+      config.train.validation_split > 0,
+      "train.validation_split",
+      config.train.validation_split,
+      "a fraction > 0 when train.select_by='val_loss'",
+    )
+  _require(
+    config.features.n_mels == config.model.n_mels,
+    "model.n_mels",
+    config.model.n_mels,
+    f"features.n_mels={config.features.n_mels}",
+  )
 
 
 def check_devices(config, num_devices):
@@ -119,6 +167,7 @@ def check_devices(config, num_devices):
   if batch % num_devices:
     lower = max(num_devices, batch - batch % num_devices)
     raise AeasdError(
-        f"config.train.batch_size={batch} does not divide by the"
-        f" {num_devices} devices; expected a multiple of {num_devices}, such"
-        f" as {lower} or {lower + num_devices}")
+      f"config.train.batch_size={batch} does not divide by the"
+      f" {num_devices} devices; expected a multiple of {num_devices}, such"
+      f" as {lower} or {lower + num_devices}"
+    )

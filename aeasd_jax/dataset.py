@@ -4,27 +4,22 @@ Training and evaluation both start here, so they always agree on which clips
 belong to which group.
 """
 
+import dataclasses
 import hashlib
 import json
 import logging
-import os
 import pathlib
 
+import numpy as np
+
 from aeasd_jax import cache
-from aeasd_jax import data
+from aeasd_jax import cache_dir
 from aeasd_jax import dcase
 from aeasd_jax import synth
+from aeasd_jax import window_data
 from aeasd_jax.errors import AeasdError
 
 log = logging.getLogger(__name__)
-
-
-def cache_root(config):
-  """config.data.cache_dir, or the user's cache folder when it is empty."""
-  if config.data.cache_dir:
-    return pathlib.Path(config.data.cache_dir).expanduser()
-  base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-  return pathlib.Path(base) / "aeasd_jax"
 
 
 def data_root(config):
@@ -36,24 +31,30 @@ def data_root(config):
   if config.data.root:
     root = pathlib.Path(config.data.root).expanduser()
     if not root.is_dir():
-      raise AeasdError(f"config.data.root={config.data.root}: no such folder;"
-                       " expected the DCASE layout <root>/dev_data/<type>/..."
-                       " (leave it empty for the bundled synthetic data)")
+      raise AeasdError(
+        f"config.data.root={config.data.root}: no such folder;"
+        " expected the DCASE layout <root>/dev_data/<type>/..."
+        " (leave it empty for the bundled synthetic data)"
+      )
     return root
-  params = dict(seed=config.synth.seed, clips_per_id=config.synth.clips_per_id,
-                seconds=config.synth.seconds,
-                # int(): soundfile refuses 16000.0, which check_config allows.
-                sample_rate=int(config.features.sample_rate))
+  params = dict(
+    seed=config.synth.seed,
+    clips_per_id=config.synth.clips_per_id,
+    seconds=config.synth.seconds,
+    # int(): soundfile refuses 16000.0, which check_config allows.
+    sample_rate=int(config.features.sample_rate),
+  )
   tag = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
-  root = cache_root(config) / "synthetic" / tag.hexdigest()[:12]
+  root = cache_dir.root(config) / "synthetic" / tag.hexdigest()[:12]
   if not root.is_dir():
     log.info("generating the bundled synthetic dataset into %s", root)
     try:
       synth.generate(root, **params)
     except FileExistsError:
       pass  # Another process generated it first; generation is atomic.
-  log.info("no config.data.root given: using the bundled synthetic"
-           " dataset at %s", root)
+  log.info(
+    "no config.data.root given: using the bundled synthetic dataset at %s", root
+  )
   return root
 
 
@@ -68,18 +69,100 @@ def load(config, *, show_progress=True):
     (cache.FeatureCache, list of data.Group)
   """
   root = data_root(config)
-  clips = dcase.discover(root, tuple(config.data.machine_types),
-                         config.data.dev_dir, config.data.eval_dir)
+  clips = dcase.discover(
+    root,
+    tuple(config.data.machine_types),
+    config.data.dev_dir,
+    config.data.eval_dir,
+  )
   features = cache.build_or_load(
-      clips, feature_params(config), cache_root(config) / "features",
-      resample=config.data.resample,
-      skip_bad_files=config.data.skip_bad_files,
-      num_workers=config.data.decode_workers,
-      batch_size=config.data.feature_batch,
-      batch_seconds=config.data.feature_batch_seconds,
-      show_progress=show_progress)
-  groups = data.make_groups(
-      features.clips, group_by=config.data.group_by,
-      use_eval_train=config.data.use_eval_train,
-      validation_split=config.train.validation_split, seed=config.seed)
+    clips,
+    feature_params(config),
+    cache_dir.root(config) / "features",
+    resample=config.data.resample,
+    skip_bad_files=config.data.skip_bad_files,
+    num_workers=config.data.decode_workers,
+    batch_size=config.data.feature_batch,
+    batch_seconds=config.data.feature_batch_seconds,
+    show_progress=show_progress,
+  )
+  groups = make_groups(
+    features.clips,
+    group_by=config.data.group_by,
+    use_eval_train=config.data.use_eval_train,
+    validation_split=config.train.validation_split,
+    seed=config.seed,
+  )
   return features, groups
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+  """The clips one model (times seeds) trains on, and those it is tested on."""
+
+  name: str  # "fan", or "fan/id_00" with group_by="type_id".
+  train_clips: np.ndarray  # Cache clip indices used for gradient steps.
+  val_clips: np.ndarray  # Normal training clips held out for validation.
+  test_clips: np.ndarray  # Dev and eval test clips of this group.
+
+
+def make_groups(clips, *, group_by, use_eval_train, validation_split, seed):
+  """Splits cached clips into per-group train, validation and test sets.
+
+  Args:
+    clips: the cache's dcase.Clip tuple; indices refer to it.
+    group_by: "type" (one model per machine type, as the baseline) or
+      "type_id" (one per machine type and id).
+    use_eval_train: also train on eval_data/*/train (DCASE's additional
+      training data).
+    validation_split: fraction of each group's training clips held out.
+    seed: fixes which clips are held out.
+
+  Returns:
+    Groups sorted by name.
+  """
+
+  def group_name(clip):
+    if group_by == "type":
+      return clip.machine_type
+    return f"{clip.machine_type}/{clip.machine_id}"
+
+  train, test = {}, {}
+  for i, clip in enumerate(clips):
+    if clip.split == "test":
+      test.setdefault(group_name(clip), []).append(i)
+    elif clip.section == "dev" or use_eval_train:
+      train.setdefault(group_name(clip), []).append(i)
+  groups = []
+  for name in sorted(train):
+    indices = np.asarray(train[name], np.int64)
+    rng = np.random.default_rng([seed, window_data.stable_hash(name)])
+    shuffled = rng.permutation(indices)
+    num_val = int(round(validation_split * len(indices)))
+    if validation_split > 0 and len(indices) > 1:
+      num_val = min(max(num_val, 1), len(indices) - 1)
+    groups.append(
+      Group(
+        name,
+        np.sort(shuffled[num_val:]),
+        np.sort(shuffled[:num_val]),
+        np.asarray(test.get(name, []), np.int64),
+      )
+    )
+  if not groups:
+    raise AeasdError(
+      "no training clips found; expected <type>/train/*.wav"
+      " under config.data.root"
+    )
+  # A test clip of a group without a model would silently vanish from the
+  # scores and from the result files of a submission.
+  untrained = sorted(set(test) - set(train))
+  if untrained:
+    raise AeasdError(
+      f"no training clips for {', '.join(untrained)} with"
+      f" config.data.group_by={group_by!r} and"
+      f" config.data.use_eval_train={use_eval_train}, so their test clips"
+      " would go unscored; expected training clips for every test id (set"
+      " config.data.use_eval_train=True, or config.data.group_by='type')"
+    )
+  return groups

@@ -21,6 +21,7 @@ UNLABELLED = -1
 @dataclasses.dataclass(frozen=True)
 class Clip:
   """One audio file and what its path says about it."""
+
   path: str
   machine_type: str
   machine_id: str  # "id_XX", as in the file name.
@@ -39,15 +40,19 @@ def parse_clip(path, machine_type, split, section):
   match = LABELLED_NAME.match(stem)
   if match:
     label = 1 if match.group(1) == "anomaly" else 0
-    return Clip(os.fspath(path), machine_type, match.group(2), label, split,
-                section)
+    return Clip(
+      os.fspath(path), machine_type, match.group(2), label, split, section
+    )
   match = UNLABELLED_NAME.match(stem)
   if match and split == "test" and section == "eval":
-    return Clip(os.fspath(path), machine_type, match.group(1), UNLABELLED,
-                split, section)
-  expected = ("normal_id_XX_########, anomaly_id_XX_######## or id_XX_########"
-              if section == "eval" and split == "test" else
-              "normal_id_XX_######## or anomaly_id_XX_########")
+    return Clip(
+      os.fspath(path), machine_type, match.group(1), UNLABELLED, split, section
+    )
+  expected = (
+    "normal_id_XX_########, anomaly_id_XX_######## or id_XX_########"
+    if section == "eval" and split == "test"
+    else "normal_id_XX_######## or anomaly_id_XX_########"
+  )
   raise AeasdError(f"{path}: cannot parse the file name; expected {expected}")
 
 
@@ -63,8 +68,9 @@ def audio_files(folder, *, recursive=False):
   """
   folder = pathlib.Path(folder)
   entries = folder.rglob("*") if recursive else folder.iterdir()
-  return sorted(p for p in entries
-                if p.suffix.lower() in AUDIO_SUFFIXES and not p.is_dir())
+  return sorted(
+    p for p in entries if p.suffix.lower() in AUDIO_SUFFIXES and not p.is_dir()
+  )
 
 
 def machine_types_in(root, dev_dir="dev_data"):
@@ -72,8 +78,9 @@ def machine_types_in(root, dev_dir="dev_data"):
   dev = pathlib.Path(root) / dev_dir
   if not dev.is_dir():
     raise AeasdError(
-        f"data root {root}: no folder {dev_dir}/ inside; expected the DCASE"
-        f" layout <root>/{dev_dir}/<type>/{{train,test}}/*.wav")
+      f"data root {root}: no folder {dev_dir}/ inside; expected the DCASE"
+      f" layout <root>/{dev_dir}/<type>/{{train,test}}/*.wav"
+    )
   types = sorted(p.name for p in dev.iterdir() if p.is_dir())
   if not types:
     raise AeasdError(f"{dev}: holds no machine type folders")
@@ -98,8 +105,10 @@ def discover(root, machine_types=(), dev_dir="dev_data", eval_dir="eval_data"):
   types = sorted(set(machine_types)) or found
   missing = sorted(set(types) - set(found))
   if missing:
-    raise AeasdError(f"{root / dev_dir}: no folder for machine type(s)"
-                     f" {missing}; found {found}")
+    raise AeasdError(
+      f"{root / dev_dir}: no folder for machine type(s)"
+      f" {missing}; found {found}"
+    )
   clips = []
   for section, section_dir in (("dev", dev_dir), ("eval", eval_dir)):
     for machine_type in types:
@@ -107,15 +116,17 @@ def discover(root, machine_types=(), dev_dir="dev_data", eval_dir="eval_data"):
         folder = root / section_dir / machine_type / split
         if not folder.is_dir():
           if section == "dev":
-            raise AeasdError(f"{folder}: missing; expected the {split} clips"
-                             f" of {machine_type}")
+            raise AeasdError(
+              f"{folder}: missing; expected the {split} clips of {machine_type}"
+            )
           continue
         files = audio_files(folder)
         if not files:
-          raise AeasdError(f"{folder}: no .wav or .flac files; expected the"
-                           f" {split} clips of {machine_type}")
-        clips.extend(
-            parse_clip(f, machine_type, split, section) for f in files)
+          raise AeasdError(
+            f"{folder}: no .wav or .flac files; expected the"
+            f" {split} clips of {machine_type}"
+          )
+        clips.extend(parse_clip(f, machine_type, split, section) for f in files)
   _check_ids_disjoint(clips)
   return clips
 
@@ -129,5 +140,7 @@ def _check_ids_disjoint(clips):
   shared = sorted(ids["dev"] & ids["eval"])
   if shared:
     shown = ", ".join(f"{t}/{i}" for t, i in shared)
-    raise AeasdError(f"machine ids appear in both the dev and eval folders:"
-                     f" {shown}; expected disjoint ids as in DCASE 2020")
+    raise AeasdError(
+      f"machine ids appear in both the dev and eval folders:"
+      f" {shown}; expected disjoint ids as in DCASE 2020"
+    )

@@ -31,8 +31,11 @@ def _hz_to_mel(hz, htk):
     return 2595.0 * np.log10(1.0 + hz / 700.0)
   linear = hz / _SLANEY_HZ_PER_MEL
   # np.maximum keeps log() finite on the linear branch that where() discards.
-  log = _SLANEY_BREAK_MEL + np.log(
-      np.maximum(hz, _SLANEY_BREAK_HZ) / _SLANEY_BREAK_HZ) / _SLANEY_LOG_STEP
+  log = (
+    _SLANEY_BREAK_MEL
+    + np.log(np.maximum(hz, _SLANEY_BREAK_HZ) / _SLANEY_BREAK_HZ)
+    / _SLANEY_LOG_STEP
+  )
   return np.where(hz >= _SLANEY_BREAK_HZ, log, linear)
 
 
@@ -41,8 +44,7 @@ def _mel_to_hz(mel, htk):
   if htk:
     return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
   linear = mel * _SLANEY_HZ_PER_MEL
-  log = _SLANEY_BREAK_HZ * np.exp(
-      _SLANEY_LOG_STEP * (mel - _SLANEY_BREAK_MEL))
+  log = _SLANEY_BREAK_HZ * np.exp(_SLANEY_LOG_STEP * (mel - _SLANEY_BREAK_MEL))
   return np.where(mel >= _SLANEY_BREAK_MEL, log, linear)
 
 
@@ -57,59 +59,117 @@ def _require(ok, prefix, name, value, expected):
 
 
 def _is_int(value):
-  return (isinstance(value, (int, np.integer))
-          and not isinstance(value, (bool, np.bool_)))
+  return isinstance(value, (int, np.integer)) and not isinstance(
+    value, (bool, np.bool_)
+  )
 
 
 def _is_number(value):
-  return (not isinstance(value, (bool, np.bool_))
-          and isinstance(value, (int, float, np.integer, np.floating))
-          and -math.inf < value < math.inf)
+  return (
+    not isinstance(value, (bool, np.bool_))
+    and isinstance(value, (int, float, np.integer, np.floating))
+    and -math.inf < value < math.inf
+  )
 
 
 def _check_int_in(prefix, name, value, low, high, why=''):
-  _require(_is_int(value) and low <= value <= high, prefix, name, value,
-           f'an integer in [{low}, {high}]{why}')
+  _require(
+    _is_int(value) and low <= value <= high,
+    prefix,
+    name,
+    value,
+    f'an integer in [{low}, {high}]{why}',
+  )
 
 
 def _check_positive_int(name, value):
   _require(_is_int(value) and value > 0, '', name, value, 'a positive integer')
 
 
-def _check_mel_args(sample_rate, n_fft, n_mels, fmin, fmax, htk, norm,
-                    prefix=''):
+def _check_mel_args(
+  sample_rate, n_fft, n_mels, fmin, fmax, htk, norm, prefix=''
+):
   """The checks mel_filterbank and log_mel share; see check_params."""
-  _require(_is_number(sample_rate) and sample_rate > 0
-           and sample_rate % 1 == 0, prefix, 'sample_rate', sample_rate,
-           'a positive whole number of Hz')
+  _require(
+    _is_number(sample_rate) and sample_rate > 0 and sample_rate % 1 == 0,
+    prefix,
+    'sample_rate',
+    sample_rate,
+    'a positive whole number of Hz',
+  )
   _check_int_in(prefix, 'n_fft', n_fft, 1, MAX_N_FFT)
   bins = n_fft // 2 + 1
-  _check_int_in(prefix, 'n_mels', n_mels, 1, bins,
-                f' (n_fft // 2 + 1 frequency bins for n_fft={n_fft})')
-  _require(isinstance(htk, (bool, np.bool_)), prefix, 'htk', htk,
-           'True or False')
-  _require(norm is None or (isinstance(norm, str) and norm in _NORMS), prefix,
-           'norm', norm, "'slaney' or None")
+  _check_int_in(
+    prefix,
+    'n_mels',
+    n_mels,
+    1,
+    bins,
+    f' (n_fft // 2 + 1 frequency bins for n_fft={n_fft})',
+  )
+  _require(
+    isinstance(htk, (bool, np.bool_)), prefix, 'htk', htk, 'True or False'
+  )
+  _require(
+    norm is None or (isinstance(norm, str) and norm in _NORMS),
+    prefix,
+    'norm',
+    norm,
+    "'slaney' or None",
+  )
   nyquist = sample_rate / 2
-  _require(_is_number(fmin) and 0 <= fmin < nyquist, prefix, 'fmin', fmin,
-           f'a number of Hz in [0, {nyquist:g}) (below sample_rate / 2)')
-  _require(fmax is None or (_is_number(fmax) and fmin < fmax <= nyquist),
-           prefix, 'fmax', fmax,
-           f'None or a number of Hz in ({fmin:g}, {nyquist:g}] (above fmin,'
-           ' at most sample_rate / 2)')
+  _require(
+    _is_number(fmin) and 0 <= fmin < nyquist,
+    prefix,
+    'fmin',
+    fmin,
+    f'a number of Hz in [0, {nyquist:g}) (below sample_rate / 2)',
+  )
+  _require(
+    fmax is None or (_is_number(fmax) and fmin < fmax <= nyquist),
+    prefix,
+    'fmax',
+    fmax,
+    f'None or a number of Hz in ({fmin:g}, {nyquist:g}] (above fmin,'
+    ' at most sample_rate / 2)',
+  )
 
 
-def _check_log_mel_args(sample_rate, n_fft, hop_length, n_mels, power, htk,
-                        norm, pad_mode, log_floor, fmin, fmax, prefix=''):
+def _check_log_mel_args(
+  sample_rate,
+  n_fft,
+  hop_length,
+  n_mels,
+  power,
+  htk,
+  norm,
+  pad_mode,
+  log_floor,
+  fmin,
+  fmax,
+  prefix='',
+):
   _check_mel_args(sample_rate, n_fft, n_mels, fmin, fmax, htk, norm, prefix)
-  _check_int_in(prefix, 'hop_length', hop_length, 1, n_fft,
-                f' (at most n_fft={n_fft})')
-  _require(_is_number(power) and power > 0, prefix, 'power', power,
-           'a positive number')
-  _require(isinstance(pad_mode, str) and pad_mode in _PAD_MODES, prefix,
-           'pad_mode', pad_mode, "'constant' or 'reflect'")
-  _require(log_floor is None or (_is_number(log_floor) and log_floor > 0),
-           prefix, 'log_floor', log_floor, 'None or a positive number')
+  _check_int_in(
+    prefix, 'hop_length', hop_length, 1, n_fft, f' (at most n_fft={n_fft})'
+  )
+  _require(
+    _is_number(power) and power > 0, prefix, 'power', power, 'a positive number'
+  )
+  _require(
+    isinstance(pad_mode, str) and pad_mode in _PAD_MODES,
+    prefix,
+    'pad_mode',
+    pad_mode,
+    "'constant' or 'reflect'",
+  )
+  _require(
+    log_floor is None or (_is_number(log_floor) and log_floor > 0),
+    prefix,
+    'log_floor',
+    log_floor,
+    'None or a positive number',
+  )
 
 
 def check_params(params, prefix=''):
@@ -128,15 +188,17 @@ def check_params(params, prefix=''):
   names = [n for n in signature.parameters if n != 'y']
   unknown = sorted(set(params) - set(names))
   if unknown:
-    raise AeasdError(f'{prefix}{unknown[0]}: not a log-mel setting; expected'
-                     f' only {names}')
+    raise AeasdError(
+      f'{prefix}{unknown[0]}: not a log-mel setting; expected only {names}'
+    )
   arguments = {n: signature.parameters[n].default for n in names}
   arguments.update(params)
   _check_log_mel_args(**arguments, prefix=prefix)
 
 
-def mel_filterbank(sample_rate, n_fft, n_mels, fmin=0.0, fmax=None,
-                   htk=False, norm='slaney'):
+def mel_filterbank(
+  sample_rate, n_fft, n_mels, fmin=0.0, fmax=None, htk=False, norm='slaney'
+):
   """Triangular mel filters, matching `librosa.filters.mel`.
 
   Args:
@@ -162,8 +224,8 @@ def mel_filterbank(sample_rate, n_fft, n_mels, fmin=0.0, fmax=None,
   fft_hz = np.fft.rfftfreq(n_fft, d=1.0 / sample_rate)
   # n_mels + 2 edges: band i rises from edge i, peaks at i+1, ends at i+2.
   edges_hz = _mel_to_hz(
-      np.linspace(_hz_to_mel(fmin, htk), _hz_to_mel(fmax, htk), n_mels + 2),
-      htk)
+    np.linspace(_hz_to_mel(fmin, htk), _hz_to_mel(fmax, htk), n_mels + 2), htk
+  )
   widths = np.diff(edges_hz)
   offsets = edges_hz[:, None] - fft_hz[None, :]
   rising = -offsets[:-2] / widths[:-1, None]
@@ -193,15 +255,28 @@ def _cached_hann(n_fft):
 
 @functools.lru_cache(maxsize=None)
 def _cached_frame_index(n_frames, n_fft, hop_length):
-  index = (np.arange(n_frames)[:, None] * hop_length
-           + np.arange(n_fft)[None, :]).astype(np.int32)
+  index = (
+    np.arange(n_frames)[:, None] * hop_length + np.arange(n_fft)[None, :]
+  ).astype(np.int32)
   index.setflags(write=False)
   return index
 
 
-def log_mel(y, sample_rate=16000, n_fft=1024, hop_length=512, n_mels=128,
-            power=2.0, *, htk=False, norm='slaney', pad_mode='constant',
-            log_floor=None, fmin=0.0, fmax=None):
+def log_mel(
+  y,
+  sample_rate=16000,
+  n_fft=1024,
+  hop_length=512,
+  n_mels=128,
+  power=2.0,
+  *,
+  htk=False,
+  norm='slaney',
+  pad_mode='constant',
+  log_floor=None,
+  fmin=0.0,
+  fmax=None,
+):
   """Log-mel spectrogram of waveforms, batched over leading axes.
 
   The defaults reproduce the DCASE 2020 baseline: librosa's centred STFT
@@ -242,10 +317,22 @@ def log_mel(y, sample_rate=16000, n_fft=1024, hop_length=512, n_mels=128,
     AeasdError: if an argument is out of range or `y` is too short.
   """
   # Checked before the cached lookup so unhashable values get an AeasdError.
-  _check_log_mel_args(sample_rate, n_fft, hop_length, n_mels, power, htk,
-                      norm, pad_mode, log_floor, fmin, fmax)
-  filterbank = _cached_filterbank(sample_rate, n_fft, n_mels, fmin, fmax,
-                                  htk, norm)
+  _check_log_mel_args(
+    sample_rate,
+    n_fft,
+    hop_length,
+    n_mels,
+    power,
+    htk,
+    norm,
+    pad_mode,
+    log_floor,
+    fmin,
+    fmax,
+  )
+  filterbank = _cached_filterbank(
+    sample_rate, n_fft, n_mels, fmin, fmax, htk, norm
+  )
 
   y = jnp.asarray(y, dtype=jnp.float32)
   if y.ndim < 1:
@@ -257,8 +344,9 @@ def log_mel(y, sample_rate=16000, n_fft=1024, hop_length=512, n_mels=128,
   min_samples = pad + 1 if pad_mode == 'reflect' else 1
   if n_samples < min_samples:
     raise AeasdError(
-        f'y must have at least {min_samples} samples for n_fft={n_fft} and '
-        f"pad_mode='{pad_mode}', got {n_samples}.")
+      f'y must have at least {min_samples} samples for n_fft={n_fft} and '
+      f"pad_mode='{pad_mode}', got {n_samples}."
+    )
 
   padded = jnp.pad(y, [(0, 0)] * (y.ndim - 1) + [(pad, pad)], mode=pad_mode)
   n_frames = 1 + (n_samples + 2 * pad - n_fft) // hop_length
@@ -298,12 +386,14 @@ def stack_frames(logmel, frames=5):
   logmel = jnp.asarray(logmel)
   if logmel.ndim < 2:
     raise AeasdError(
-        f'logmel must have shape [..., T, n_mels], got {logmel.shape}.')
+      f'logmel must have shape [..., T, n_mels], got {logmel.shape}.'
+    )
   n_time, n_mels = logmel.shape[-2:]
   if n_time < frames:
     raise AeasdError(
-        f'Cannot stack {frames} frames from a clip of only {n_time} frames; '
-        f'the clip must have at least frames={frames} frames.')
+      f'Cannot stack {frames} frames from a clip of only {n_time} frames; '
+      f'the clip must have at least frames={frames} frames.'
+    )
   n_vectors = n_time - frames + 1
   index = np.arange(n_vectors)[:, None] + np.arange(frames)[None, :]
   stacked = logmel[..., index, :]

@@ -36,8 +36,9 @@ class MetricWriter:
         import tensorboardX  # pylint: disable=g-import-not-at-top
       except ImportError:
         raise AeasdError(
-            "config.train.tensorboard=True needs the tensorboard extra:"
-            " pip install -e .[tensorboard]") from None
+          "config.train.tensorboard=True needs the tensorboard extra:"
+          " pip install -e .[tensorboard]"
+        ) from None
       self.summary = tensorboardX.SummaryWriter(str(self.path.parent))
 
   def _repair(self):
@@ -48,8 +49,11 @@ class MetricWriter:
     _, intact = _parse(self.path, data)
     try:
       if intact < len(data):
-        log.warning("%s: removing its last line, which an interrupted write"
-                    " left unfinished", self.path)
+        log.warning(
+          "%s: removing its last line, which an interrupted write"
+          " left unfinished",
+          self.path,
+        )
         os.truncate(self.path, intact)
       elif data and not data.endswith(b"\n"):
         with open(self.path, "ab") as f:
@@ -71,7 +75,7 @@ class MetricWriter:
       try:
         size = os.fstat(fd).st_size
         while line:  # os.write may write less than asked, e.g. on a full disk.
-          line = line[os.write(fd, line):]
+          line = line[os.write(fd, line) :]
       finally:
         os.close(fd)
     except OSError as e:
@@ -106,8 +110,10 @@ def read_records(path_or_workdir):
     raise workdir_files.missing_error(path)
   lines, intact = _parse(path, data)
   if intact < len(data):
-    log.warning("%s: skipping its last line, which an interrupted write left"
-                " unfinished", path)
+    log.warning(
+      "%s: skipping its last line, which an interrupted write left unfinished",
+      path,
+    )
   return [record for _, record in lines]
 
 
@@ -129,14 +135,19 @@ def drop_epochs_after(workdir, epoch):
   if data is None:
     return
   lines, intact = _parse(path, data)
-  kept = [line for line, record in lines
-          if "epoch" not in record or (epoch is not None and
-                                       record["epoch"] <= epoch)]
+  kept = [
+    line
+    for line, record in lines
+    if "epoch" not in record or (epoch is not None and record["epoch"] <= epoch)
+  ]
   if len(kept) == len(lines) and intact == len(data):
     return
-  log.info("%s: dropping %d record(s) of epochs after %s, which this run logs"
-           " again", path, len(lines) - len(kept),
-           "the start" if epoch is None else epoch)
+  log.info(
+    "%s: dropping %d record(s) of epochs after %s, which this run logs again",
+    path,
+    len(lines) - len(kept),
+    "the start" if epoch is None else epoch,
+  )
   try:
     with workdir_files.atomic_open(path, "wb") as f:
       f.writelines(line.rstrip(b"\n") + b"\n" for line in kept)
@@ -165,12 +176,15 @@ def _parse(path, data):
         if number == len(lines):
           break
         raise AeasdError(
-            f"{path}: line {number} is damaged ({e}); expected one JSON"
-            " object per line. Delete that line to keep the others") from None
+          f"{path}: line {number} is damaged ({e}); expected one JSON"
+          " object per line. Delete that line to keep the others"
+        ) from None
       if not isinstance(record, dict):
-        raise AeasdError(f"{path}: line {number} is damaged (not a JSON"
-                         " object); expected one JSON object per line."
-                         " Delete that line to keep the others")
+        raise AeasdError(
+          f"{path}: line {number} is damaged (not a JSON"
+          " object); expected one JSON object per line."
+          " Delete that line to keep the others"
+        )
       parsed.append((line, record))
     intact += len(line)
   return parsed, intact
@@ -208,5 +222,6 @@ class PhaseTimer:
 
   def summary(self):
     return "  ".join(
-        f"{k} {v:.2f}s" + (f" ({self.notes[k]})" if k in self.notes else "")
-        for k, v in self.totals().items())
+      f"{k} {v:.2f}s" + (f" ({self.notes[k]})" if k in self.notes else "")
+      for k, v in self.totals().items()
+    )

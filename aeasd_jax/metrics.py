@@ -16,31 +16,36 @@ def _check_inputs(y_true, y_score, what):
   y_score = np.asarray(y_score)
   if y_true.ndim != 1 or y_score.ndim != 1:
     raise AeasdError(
-        f'{what} expects 1-D y_true and y_score (one entry per clip); got '
-        f'shapes {y_true.shape} and {y_score.shape}.')
+      f'{what} expects 1-D y_true and y_score (one entry per clip); got '
+      f'shapes {y_true.shape} and {y_score.shape}.'
+    )
   if y_true.shape != y_score.shape:
     raise AeasdError(
-        f'{what} expects one score per label; got {y_true.size} labels and '
-        f'{y_score.size} scores.')
+      f'{what} expects one score per label; got {y_true.size} labels and '
+      f'{y_score.size} scores.'
+    )
   if y_score.dtype.kind not in 'iuf':
     raise AeasdError(
-        f'{what} expects real-valued numeric scores; got dtype '
-        f'{y_score.dtype}.')
+      f'{what} expects real-valued numeric scores; got dtype {y_score.dtype}.'
+    )
   if y_true.dtype.kind not in 'biuf':
     raise AeasdError(
-        f'{what} expects labels 0 (normal) or 1 (anomalous); got dtype '
-        f'{y_true.dtype}.')
+      f'{what} expects labels 0 (normal) or 1 (anomalous); got dtype '
+      f'{y_true.dtype}.'
+    )
   bad = ~np.isin(y_true, (0, 1))
   if bad.any():
     raise AeasdError(
-        f'{what} expects labels 0 (normal) or 1 (anomalous); got '
-        f'{np.unique(y_true[bad])[:5].tolist()} at {int(bad.sum())} '
-        f'position(s), first at index {int(np.argmax(bad))}.')
+      f'{what} expects labels 0 (normal) or 1 (anomalous); got '
+      f'{np.unique(y_true[bad])[:5].tolist()} at {int(bad.sum())} '
+      f'position(s), first at index {int(np.argmax(bad))}.'
+    )
   non_finite = ~np.isfinite(y_score)
   if non_finite.any():
     raise AeasdError(
-        f'{what} expects finite anomaly scores; got {int(non_finite.sum())} '
-        f'NaN or Inf value(s), first at index {int(np.argmax(non_finite))}.')
+      f'{what} expects finite anomaly scores; got {int(non_finite.sum())} '
+      f'NaN or Inf value(s), first at index {int(np.argmax(non_finite))}.'
+    )
   y_true = y_true == 1
   n_pos = int(y_true.sum())
   if n_pos == 0 or n_pos == y_true.size:
@@ -49,7 +54,8 @@ def _check_inputs(y_true, y_score, what):
     else:
       got = f'only label {int(n_pos > 0)} (n={y_true.size})'
     raise AeasdError(
-        f'{what} needs both normal (0) and anomalous (1) clips; got {got}.')
+      f'{what} needs both normal (0) and anomalous (1) clips; got {got}.'
+    )
   return y_true, y_score
 
 
@@ -129,10 +135,14 @@ def roc_auc_score(y_true, y_score, max_fpr=None):
       NaN or Inf scores, or `max_fpr` outside (0, 1].
   """
   if max_fpr is not None:
-    if (not isinstance(max_fpr, numbers.Real) or
-        isinstance(max_fpr, (bool, np.bool_)) or not 0 < max_fpr <= 1):
+    if (
+      not isinstance(max_fpr, numbers.Real)
+      or isinstance(max_fpr, (bool, np.bool_))
+      or not 0 < max_fpr <= 1
+    ):
       raise AeasdError(
-          f'roc_auc_score expects max_fpr in (0, 1] or None; got {max_fpr!r}.')
+        f'roc_auc_score expects max_fpr in (0, 1] or None; got {max_fpr!r}.'
+      )
   fpr, tpr, _ = _roc_curve(*_check_inputs(y_true, y_score, 'ROC AUC'))
   if max_fpr is None or max_fpr == 1:
     return _trapezoid(tpr, fpr)
@@ -140,9 +150,11 @@ def roc_auc_score(y_true, y_score, max_fpr=None):
   stop = np.searchsorted(fpr, max_fpr, 'right')
   # Linear interpolation puts a curve point exactly at max_fpr.
   tpr_at_max = np.interp(
-      max_fpr, fpr[stop - 1:stop + 1], tpr[stop - 1:stop + 1])
+    max_fpr, fpr[stop - 1 : stop + 1], tpr[stop - 1 : stop + 1]
+  )
   partial = _trapezoid(
-      np.append(tpr[:stop], tpr_at_max), np.append(fpr[:stop], max_fpr))
+    np.append(tpr[:stop], tpr_at_max), np.append(fpr[:stop], max_fpr)
+  )
   # McClish: map the chance area (0.5 * max_fpr**2) to 0.5 and the perfect
   # area (max_fpr) to 1, so pAUC reads on the same scale as AUC.
   min_area = 0.5 * max_fpr**2

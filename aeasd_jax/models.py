@@ -25,23 +25,36 @@ def wide_dtype(compute_dtype):
 
 def _dense(in_features, out_features, dtype, rngs):
   """A Dense layer computing in `dtype`, its parameters in wide_dtype(dtype)."""
-  return nnx.Linear(in_features, out_features, kernel_init=_KERNEL_INIT,
-                    dtype=dtype, param_dtype=wide_dtype(dtype), rngs=rngs)
+  return nnx.Linear(
+    in_features,
+    out_features,
+    kernel_init=_KERNEL_INIT,
+    dtype=dtype,
+    param_dtype=wide_dtype(dtype),
+    rngs=rngs,
+  )
 
 
 class DenseBlock(nnx.Module):
   """Dense -> BatchNorm -> ReLU, the unit both autoencoders are built of."""
 
-  def __init__(self, in_features, out_features, *, bn_momentum, bn_epsilon,
-               dtype, rngs):
+  def __init__(
+    self, in_features, out_features, *, bn_momentum, bn_epsilon, dtype, rngs
+  ):
     self.dense = _dense(in_features, out_features, dtype, rngs)
     # Two-pass variance, as Keras and PyTorch compute it: the fast
     # E[x^2] - E[x]^2 loses digits on activations of raw dB features. The
     # statistics stay in float32 when the matmuls are bfloat16.
     wide = wide_dtype(dtype)
-    self.norm = nnx.BatchNorm(out_features, momentum=bn_momentum,
-                              epsilon=bn_epsilon, use_fast_variance=False,
-                              dtype=wide, param_dtype=wide, rngs=rngs)
+    self.norm = nnx.BatchNorm(
+      out_features,
+      momentum=bn_momentum,
+      epsilon=bn_epsilon,
+      use_fast_variance=False,
+      dtype=wide,
+      param_dtype=wide,
+      rngs=rngs,
+    )
     # nnx.BatchNorm creates its running statistics in float32 whatever its
     # dtype; a float64 run must carry them in float64 from the start.
     self.norm.mean = nnx.BatchStat(self.norm.mean[...].astype(wide))
@@ -52,23 +65,44 @@ class DenseBlock(nnx.Module):
 
 
 def _stack(widths, bn_momentum, bn_epsilon, dtype, rngs):
-  return nnx.List([
-      DenseBlock(a, b, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
-                 dtype=dtype, rngs=rngs)
-      for a, b in zip(widths[:-1], widths[1:])])
+  return nnx.List(
+    [
+      DenseBlock(
+        a,
+        b,
+        bn_momentum=bn_momentum,
+        bn_epsilon=bn_epsilon,
+        dtype=dtype,
+        rngs=rngs,
+      )
+      for a, b in zip(widths[:-1], widths[1:])
+    ]
+  )
 
 
 class Autoencoder(nnx.Module):
-  """[Dense-BN-ReLU] x depth, a Dense-BN-ReLU bottleneck, the mirror, linear out.
+  """[Dense-BN-ReLU] x depth, a Dense-BN-ReLU bottleneck, the mirror, a Dense.
 
   With the defaults (640 in and out, width 128, depth 4, bottleneck 8) it is
   the DCASE 2020 baseline and AE-ASD model: 267,928 trainable parameters.
   """
 
-  def __init__(self, in_features, out_features, *, hidden, depth, bottleneck,
-               bn_momentum, bn_epsilon, dtype=jnp.float32, rngs):
-    bn = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, dtype=dtype,
-              rngs=rngs)
+  def __init__(
+    self,
+    in_features,
+    out_features,
+    *,
+    hidden,
+    depth,
+    bottleneck,
+    bn_momentum,
+    bn_epsilon,
+    dtype=jnp.float32,
+    rngs,
+  ):
+    bn = dict(
+      bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, dtype=dtype, rngs=rngs
+    )
     self.encoder = _stack([in_features] + [hidden] * depth + [bottleneck], **bn)
     self.decoder = _stack([bottleneck] + [hidden] * depth, **bn)
     # The output (and the VAE's heads) stay float32 (or float64): scores are
@@ -91,10 +125,22 @@ class VariationalAutoencoder(nnx.Module):
   Training samples z = mu + exp(logvar / 2) * eps; scoring decodes mu.
   """
 
-  def __init__(self, in_features, out_features, *, hidden, depth, bottleneck,
-               bn_momentum, bn_epsilon, dtype=jnp.float32, rngs):
-    bn = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, dtype=dtype,
-              rngs=rngs)
+  def __init__(
+    self,
+    in_features,
+    out_features,
+    *,
+    hidden,
+    depth,
+    bottleneck,
+    bn_momentum,
+    bn_epsilon,
+    dtype=jnp.float32,
+    rngs,
+  ):
+    bn = dict(
+      bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, dtype=dtype, rngs=rngs
+    )
     self.encoder = _stack([in_features] + [hidden] * depth, **bn)
     self.mean = _dense(hidden, bottleneck, wide_dtype(dtype), rngs)
     self.log_variance = _dense(hidden, bottleneck, wide_dtype(dtype), rngs)
@@ -119,16 +165,17 @@ class VariationalAutoencoder(nnx.Module):
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
   """A config model name: which network, and whether it interpolates."""
+
   network: type
   # IDNN: predict the centre frame from the others instead of reconstructing.
   interpolate: bool
 
 
 MODELS = {
-    "AE": ModelSpec(Autoencoder, interpolate=False),
-    "IDNN": ModelSpec(Autoencoder, interpolate=True),
-    "VAE": ModelSpec(VariationalAutoencoder, interpolate=False),
-    "VIDNN": ModelSpec(VariationalAutoencoder, interpolate=True),
+  "AE": ModelSpec(Autoencoder, interpolate=False),
+  "IDNN": ModelSpec(Autoencoder, interpolate=True),
+  "VAE": ModelSpec(VariationalAutoencoder, interpolate=False),
+  "VIDNN": ModelSpec(VariationalAutoencoder, interpolate=True),
 }
 
 
@@ -144,8 +191,13 @@ def build(model_config, rngs):
   """The network named by config.model.name, sized by the config."""
   in_features, out_features = io_sizes(model_config)
   return MODELS[model_config.name].network(
-      in_features, out_features, hidden=model_config.hidden,
-      depth=model_config.depth, bottleneck=model_config.bottleneck,
-      bn_momentum=model_config.bn_momentum,
-      bn_epsilon=model_config.bn_epsilon,
-      dtype=jnp.dtype(model_config.compute_dtype), rngs=rngs)
+    in_features,
+    out_features,
+    hidden=model_config.hidden,
+    depth=model_config.depth,
+    bottleneck=model_config.bottleneck,
+    bn_momentum=model_config.bn_momentum,
+    bn_epsilon=model_config.bn_epsilon,
+    dtype=jnp.dtype(model_config.compute_dtype),
+    rngs=rngs,
+  )

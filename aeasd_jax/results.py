@@ -31,8 +31,10 @@ def write_csv(path, rows):
 
 def write_scores(path, names, scores):
   """`filename,score` rows sorted by file name, as the evaluator sorts them."""
-  write_csv(path, ((name, repr(float(score)))
-                   for name, score in sorted(zip(names, scores))))
+  write_csv(
+    path,
+    ((name, repr(float(score))) for name, score in sorted(zip(names, scores))),
+  )
 
 
 def read_scores(path):
@@ -53,8 +55,10 @@ def averages(table):
   """
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", RuntimeWarning)  # An all-nan mean is nan.
-    per_type = {t: tuple(np.nanmean(list(by_id.values()), axis=0))
-                for t, by_id in table.items()}
+    per_type = {
+      t: tuple(np.nanmean(list(by_id.values()), axis=0))
+      for t, by_id in table.items()
+    }
     return per_type, tuple(np.nanmean(list(per_type.values()), axis=0))
 
 
@@ -72,8 +76,10 @@ def write_result_csv(path, table):
   rows = []
   for machine_type, by_id in table.items():
     rows += [[machine_type], ["id", "AUC", "pAUC"]]
-    rows += [[machine_id.removeprefix("id_"), auc, pauc]
-             for machine_id, (auc, pauc) in by_id.items()]
+    rows += [
+      [machine_id.removeprefix("id_"), auc, pauc]
+      for machine_id, (auc, pauc) in by_id.items()
+    ]
     rows += [["Average", *per_type[machine_type]], []]
   rows.append(["Total Average", *overall])
   write_csv(path, rows)
@@ -116,11 +122,13 @@ def read_ground_truth(path):
           truth[machine_type][row[0]] = int(row[2])
         else:
           raise AeasdError(
-              f"{path}:{line}: unexpected row {row}; expected a machine type"
-              " row or `id_XX_########.wav,<original name>,<0|1>`")
+            f"{path}:{line}: unexpected row {row}; expected a machine type"
+            " row or `id_XX_########.wav,<original name>,<0|1>`"
+          )
   except OSError as e:
-    raise AeasdError(f"{path}: cannot read the ground truth ({e.strerror})"
-                     ) from None
+    raise AeasdError(
+      f"{path}: cannot read the ground truth ({e.strerror})"
+    ) from None
   return truth
 
 

@@ -15,7 +15,7 @@ import ml_collections
 from absl import flags
 from absl import logging as absl_logging
 
-from aeasd_jax import dataset
+from aeasd_jax import cache_dir
 from aeasd_jax.errors import AeasdError
 from aeasd_jax.errors import Interrupted
 
@@ -28,8 +28,7 @@ def enable_compilation_cache(config):
   """
   if config.compile_cache_dir == "off":
     return
-  directory = config.compile_cache_dir or str(
-      dataset.cache_root(config) / "jax")
+  directory = config.compile_cache_dir or str(cache_dir.root(config) / "jax")
   jax.config.update("jax_compilation_cache_dir", directory)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
@@ -52,9 +51,11 @@ def initialize_distributed(coordinator_address, num_processes, process_id):
     # CPU collectives across processes need gloo; GPUs and TPUs bring their
     # own (NCCL, ICI) and ignore this setting.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes,
-                               process_id=process_id)
+    jax.distributed.initialize(
+      coordinator_address=coordinator_address,
+      num_processes=num_processes,
+      process_id=process_id,
+    )
 
 
 def configure_logging():
@@ -66,8 +67,9 @@ def configure_logging():
   project = logging.getLogger("aeasd_jax")
   if not project.handlers:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s",
-                                           "%H:%M:%S"))
+    handler.setFormatter(
+      logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    )
     project.addHandler(handler)
   project.setLevel(logging.INFO)
   project.propagate = False
@@ -86,8 +88,11 @@ def run(fn):
   except Interrupted as e:
     _exit(f"interrupted: {e}", 130)
   except KeyboardInterrupt:
-    _exit("interrupted: stopped by Ctrl-C before any training epoch; files"
-          " already written are complete", 130)
+    _exit(
+      "interrupted: stopped by Ctrl-C before any training epoch; files"
+      " already written are complete",
+      130,
+    )
 
 
 def _exit(line, code):
@@ -112,11 +117,17 @@ def parse_flags(argv):
     settings = sorted(_dotted_settings(_config_file_settings(argv)))
     unknown = [name for name in _override_names(argv) if name not in settings]
     if not unknown:
-      _exit(f"error: a --config override failed ({e}); expected"
-            " --config.<section>.<setting>=<value>", 2)
+      _exit(
+        f"error: a --config override failed ({e}); expected"
+        " --config.<section>.<setting>=<value>",
+        2,
+      )
     close = difflib.get_close_matches(unknown[0], settings, n=3, cutoff=0.6)
-    hint = (f"close matches: {', '.join('config.' + c for c in close)}"
-            if close else "see configs/default.py for the settings")
+    hint = (
+      f"close matches: {', '.join('config.' + c for c in close)}"
+      if close
+      else "see configs/default.py for the settings"
+    )
     _exit(f"error: --config.{unknown[0]}: no such setting; {hint}", 2)
 
 
@@ -125,8 +136,9 @@ def _config_file_settings(argv):
 
   The flag holds no value once an override has failed.
   """
-  path = next(arg.split("=", 1)[1] for arg in argv[1:]
-              if arg.startswith("--config="))
+  path = next(
+    arg.split("=", 1)[1] for arg in argv[1:] if arg.startswith("--config=")
+  )
   return runpy.run_path(path.split(":", 1)[0])["get_config"]()
 
 
@@ -135,7 +147,7 @@ def _override_names(argv):
   for arg in argv[1:]:
     for prefix in ("--config.", "--noconfig."):
       if arg.startswith(prefix):
-        yield arg[len(prefix):].split("=", 1)[0]
+        yield arg[len(prefix) :].split("=", 1)[0]
 
 
 def _dotted_settings(config, prefix=""):

@@ -1,4 +1,4 @@
-"""Anomaly scores on the device: per-vector reconstruction error, pooled per clip.
+"""Anomaly scores on the device: per-vector reconstruction errors, per clip.
 
 One jitted call scores many clips for every group and seed at once; ragged
 clip lengths are padded to a bucketed length and masked.
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from aeasd_jax import data
+from aeasd_jax import window_data
 from aeasd_jax.errors import AeasdError
 
 POOLINGS = ("mean", "max", "gwrp")
@@ -26,7 +26,7 @@ def vector_errors(graphdef, params, batch_stats, window, interpolate):
 
   All frames for AE and VAE (decoding the mean), the centre frame for IDNN.
   """
-  x, y = data.split_window(window, interpolate)
+  x, y = window_data.split_window(window, interpolate)
   model = nnx.merge(graphdef, params, batch_stats)
   reconstruction, _ = model(x, train=False)
   return jnp.mean((reconstruction - y) ** 2, axis=-1)
@@ -51,11 +51,31 @@ def pool(errors, mask, pooling, decay):
 
 
 @functools.partial(
-    jax.jit, static_argnames=("graphdef", "frames_per_window", "interpolate",
-                              "max_windows", "clips_per_step", "pooling"))
-def clip_scores(graphdef, params, batch_stats, frames, clip_starts,
-                clip_windows, decay, *, frames_per_window, interpolate,
-                max_windows, clips_per_step, pooling):
+  jax.jit,
+  static_argnames=(
+    "graphdef",
+    "frames_per_window",
+    "interpolate",
+    "max_windows",
+    "clips_per_step",
+    "pooling",
+  ),
+)
+def clip_scores(
+  graphdef,
+  params,
+  batch_stats,
+  frames,
+  clip_starts,
+  clip_windows,
+  decay,
+  *,
+  frames_per_window,
+  interpolate,
+  max_windows,
+  clips_per_step,
+  pooling,
+):
   """Scores of clips for stacked models; one row of clips per model.
 
   Args:
@@ -78,17 +98,23 @@ def clip_scores(graphdef, params, batch_stats, frames, clip_starts,
   num_models, num_clips = clip_starts.shape
   steps = num_clips // clips_per_step
   starts = clip_starts.reshape(num_models, steps, clips_per_step).swapaxes(0, 1)
-  counts = clip_windows.reshape(num_models, steps, clips_per_step).swapaxes(0, 1)
+  counts = clip_windows.reshape(num_models, steps, clips_per_step).swapaxes(
+    0, 1
+  )
   position = jnp.arange(max_windows)
 
   def step(_, chunk):
     chunk_starts, chunk_counts = chunk
     mask = position < chunk_counts[..., None]  # [models, clips, windows]
     window_starts = chunk_starts[..., None] + jnp.minimum(
-        position, jnp.maximum(chunk_counts[..., None] - 1, 0))
-    windows = data.gather_windows(frames, window_starts, frames_per_window)
+      position, jnp.maximum(chunk_counts[..., None] - 1, 0)
+    )
+    windows = window_data.gather_windows(
+      frames, window_starts, frames_per_window
+    )
     errors = jax.vmap(vector_errors, in_axes=(None, 0, 0, 0, None))(
-        graphdef, params, batch_stats, windows, interpolate)
+      graphdef, params, batch_stats, windows, interpolate
+    )
     scores = pool(errors, mask, pooling, decay)
     return None, jnp.where(chunk_counts > 0, scores, 0.0)
 
@@ -101,9 +127,19 @@ def bucket(n, size):
   return max(size, -(-n // size) * size)
 
 
-def score_clip_lists(graphdef, params, batch_stats, cache, clip_lists,
-                     *, frames_per_window, interpolate, pooling, decay,
-                     batch_windows):
+def score_clip_lists(
+  graphdef,
+  params,
+  batch_stats,
+  cache,
+  clip_lists,
+  *,
+  frames_per_window,
+  interpolate,
+  pooling,
+  decay,
+  batch_windows,
+):
   """Scores, for each model m, the cached clips clip_lists[m].
 
   Every model's clips are scored in the same jitted calls; shapes are bucketed
@@ -113,7 +149,7 @@ def score_clip_lists(graphdef, params, batch_stats, cache, clip_lists,
     A list with one float64 NumPy array of scores per model.
   """
   used = sorted({c for clips in clip_lists for c in clips})
-  data.check_clip_lengths(cache, used, frames_per_window)
+  window_data.check_clip_lengths(cache, used, frames_per_window)
   frame_of = {}
   pieces, offset = [], 0
   for c in used:
@@ -122,8 +158,13 @@ def score_clip_lists(graphdef, params, batch_stats, cache, clip_lists,
     offset += int(cache.lengths[c])
   # Rows padded to a power of two: dev, eval and threshold clip sets then
   # share one compiled program instead of one per row count.
-  frames = np.zeros((max(FRAME_ROWS_MIN, 1 << (offset - 1).bit_length()),
-                     cache.frames.shape[1]), np.float32)
+  frames = np.zeros(
+    (
+      max(FRAME_ROWS_MIN, 1 << (offset - 1).bit_length()),
+      cache.frames.shape[1],
+    ),
+    np.float32,
+  )
   if pieces:
     frames[:offset] = np.concatenate(pieces)
   # Audio with NaN or Inf is refused when the cache is built, so a
@@ -131,24 +172,36 @@ def score_clip_lists(graphdef, params, batch_stats, cache, clip_lists,
   if not np.all(np.isfinite(frames[:offset])):
     bad = next(c for c in used if not np.all(np.isfinite(cache.clip_frames(c))))
     raise AeasdError(
-        f"feature cache {cache.directory}: non-finite values in the frames of"
-        f" {cache.clips[bad].path}; expected finite log-mel frames. The cache"
-        " is damaged: delete the folder to rebuild it")
-  windows = {c: max(int(cache.lengths[c]) - frames_per_window + 1, 0)
-             for c in used}
+      f"feature cache {cache.directory}: non-finite values in the frames of"
+      f" {cache.clips[bad].path}; expected finite log-mel frames. The cache"
+      " is damaged: delete the folder to rebuild it"
+    )
+  windows = {
+    c: max(int(cache.lengths[c]) - frames_per_window + 1, 0) for c in used
+  }
   max_windows = bucket(max(windows.values(), default=1), LENGTH_BUCKET)
   clips_per_step = max(1, batch_windows // max_windows)
-  num_clips = bucket(max((len(c) for c in clip_lists), default=1),
-                     clips_per_step)
+  num_clips = bucket(
+    max((len(c) for c in clip_lists), default=1), clips_per_step
+  )
   starts = np.zeros((len(clip_lists), num_clips), np.int32)
   counts = np.zeros((len(clip_lists), num_clips), np.int32)
   for m, clips in enumerate(clip_lists):
-    starts[m, :len(clips)] = [frame_of[c] for c in clips]
-    counts[m, :len(clips)] = [windows[c] for c in clips]
+    starts[m, : len(clips)] = [frame_of[c] for c in clips]
+    counts[m, : len(clips)] = [windows[c] for c in clips]
   scores = clip_scores(
-      graphdef, params, batch_stats, jnp.asarray(frames), starts, counts,
-      jnp.float32(decay), frames_per_window=frames_per_window,
-      interpolate=interpolate, max_windows=max_windows,
-      clips_per_step=clips_per_step, pooling=pooling)
+    graphdef,
+    params,
+    batch_stats,
+    jnp.asarray(frames),
+    starts,
+    counts,
+    jnp.float32(decay),
+    frames_per_window=frames_per_window,
+    interpolate=interpolate,
+    max_windows=max_windows,
+    clips_per_step=clips_per_step,
+    pooling=pooling,
+  )
   scores = np.asarray(scores, np.float64)
-  return [scores[m, :len(clips)] for m, clips in enumerate(clip_lists)]
+  return [scores[m, : len(clips)] for m, clips in enumerate(clip_lists)]

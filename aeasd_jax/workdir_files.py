@@ -25,16 +25,33 @@ GROUPS_FILE = "groups.json"  # Group names in model order.
 THRESHOLDS_FILE = "thresholds.json"  # {weights tag: their fitted thresholds}
 # Settings that fix the shape and meaning of a checkpoint; the others (epochs,
 # logging, scoring) may change between a run and its resumption.
-IDENTITY_SETTINGS = ("seed", "model", "features", "data.group_by",
-                     "data.machine_types", "data.use_eval_train",
-                     "train.num_seeds", "train.validation_split")
-_CONFIG_HINT = ("expected the config train.py wrote for this run; restore it"
-                " or use another --workdir")
+IDENTITY_SETTINGS = (
+  "seed",
+  "model",
+  "features",
+  "data.group_by",
+  "data.machine_types",
+  "data.use_eval_train",
+  "train.num_seeds",
+  "train.validation_split",
+)
+_CONFIG_HINT = (
+  "expected the config train.py wrote for this run; restore it"
+  " or use another --workdir"
+)
 _GROUPS_HINT = "delete it and rerun train.py, which writes it again"
-_THRESHOLDS_HINT = ("delete it; train.py and evaluate.py fit the thresholds"
-                    " again")
-_JSON_NAMES = {dict: "object", list: "list", str: "string", int: "number",
-               float: "number", bool: "boolean", type(None): "null"}
+_THRESHOLDS_HINT = (
+  "delete it; train.py and evaluate.py fit the thresholds again"
+)
+_JSON_NAMES = {
+  dict: "object",
+  list: "list",
+  str: "string",
+  int: "number",
+  float: "number",
+  bool: "boolean",
+  type(None): "null",
+}
 
 
 @contextlib.contextmanager
@@ -93,16 +110,19 @@ def _finite_or_none(value):
     return {k: _finite_or_none(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
     return [_finite_or_none(v) for v in value]
-  if isinstance(value, numbers.Real) and not isinstance(value,
-                                                        numbers.Integral):
+  if isinstance(value, numbers.Real) and not isinstance(
+    value, numbers.Integral
+  ):
     return float(value) if math.isfinite(value) else None
   return value
 
 
 def write_error(path, error):
   """The AeasdError for an OSError while writing `path`."""
-  return AeasdError(f"cannot write {path} ({error.strerror or error});"
-                    " expected a writable folder with free space")
+  return AeasdError(
+    f"cannot write {path} ({error.strerror or error});"
+    " expected a writable folder with free space"
+  )
 
 
 def write_text(path, text):
@@ -144,9 +164,12 @@ def read_json(path, expected_type, hint):
     raise _damaged(path, f"not valid JSON: {e}", hint) from None
   if not isinstance(value, expected_type):
     found = _JSON_NAMES.get(type(value), type(value).__name__)
-    raise _damaged(path, f"expected a JSON {_JSON_NAMES[expected_type]},"
-                   f" found {'an' if found[0] in 'aeiou' else 'a'} {found}",
-                   hint)
+    raise _damaged(
+      path,
+      f"expected a JSON {_JSON_NAMES[expected_type]},"
+      f" found {'an' if found[0] in 'aeiou' else 'a'} {found}",
+      hint,
+    )
   return value
 
 
@@ -161,14 +184,14 @@ def read_bytes(path, hint):
   except FileNotFoundError:
     return None
   except OSError as e:
-    raise AeasdError(f"{path}: cannot read ({e.strerror or e}); {hint}"
-                     ) from None
+    raise AeasdError(
+      f"{path}: cannot read ({e.strerror or e}); {hint}"
+    ) from None
 
 
 def missing_error(path):
   """The AeasdError for a workdir file that does not exist."""
-  return AeasdError(f"{path}: missing; expected a workdir written by"
-                    " train.py")
+  return AeasdError(f"{path}: missing; expected a workdir written by train.py")
 
 
 def _damaged(path, what, hint):
@@ -196,15 +219,22 @@ def read_thresholds(workdir):
     return {}
   stored = read_json(path, dict, _THRESHOLDS_HINT)
   for tag, entry in stored.items():
-    if not (isinstance(entry, dict) and _is_number(entry.get("percentile"))
-            and isinstance(entry.get("pooling"), str)
-            and isinstance(entry.get("thresholds"), dict)
-            and all(v is None or _is_number(v)
-                    for v in entry["thresholds"].values())):
-      raise _damaged(path, f"entry {tag!r} is not an object of percentile,"
-                     " pooling and numeric thresholds", _THRESHOLDS_HINT)
-    entry["thresholds"] = {g: math.nan if v is None else v
-                           for g, v in entry["thresholds"].items()}
+    if not (
+      isinstance(entry, dict)
+      and _is_number(entry.get("percentile"))
+      and isinstance(entry.get("pooling"), str)
+      and isinstance(entry.get("thresholds"), dict)
+      and all(v is None or _is_number(v) for v in entry["thresholds"].values())
+    ):
+      raise _damaged(
+        path,
+        f"entry {tag!r} is not an object of percentile,"
+        " pooling and numeric thresholds",
+        _THRESHOLDS_HINT,
+      )
+    entry["thresholds"] = {
+      g: math.nan if v is None else v for g, v in entry["thresholds"].items()
+    }
   return stored
 
 
@@ -218,11 +248,14 @@ def make_workdir(workdir):
   try:
     workdir.mkdir(parents=True, exist_ok=True)
   except OSError as e:
-    raise AeasdError(f"workdir {workdir}: cannot create it ({e.strerror});"
-                     " expected a writable location") from None
+    raise AeasdError(
+      f"workdir {workdir}: cannot create it ({e.strerror});"
+      " expected a writable location"
+    ) from None
   if not os.access(workdir, os.W_OK):
-    raise AeasdError(f"workdir {workdir}: not writable; expected a folder this"
-                     " user can write")
+    raise AeasdError(
+      f"workdir {workdir}: not writable; expected a folder this user can write"
+    )
   return workdir
 
 
@@ -247,13 +280,13 @@ def prepare(workdir, config):
       old, new = _get(saved, setting), _get(config, setting)
       if old != new:
         raise AeasdError(
-            f"workdir {workdir} holds a run with {setting}={old}, but this"
-            f" config has {new}; use another --workdir or the same settings")
+          f"workdir {workdir} holds a run with {setting}={old}, but this"
+          f" config has {new}; use another --workdir or the same settings"
+        )
   if (workdir / GROUPS_FILE).exists():
     read_groups(workdir)
   read_thresholds(workdir)
-  write_json(saved_path, json.loads(config.to_json()), indent=2,
-             sort_keys=True)
+  write_json(saved_path, json.loads(config.to_json()), indent=2, sort_keys=True)
   return workdir
 
 
@@ -278,9 +311,13 @@ def _load_config(workdir, check):
     check(settings)
   except KeyError:
     # Also what a workdir of a version without that setting gets.
-    raise _damaged(path, f"no setting {trail[-1]}", "expected every setting"
-                   " configs/default.py has; add it, restore the file, or use"
-                   " another --workdir") from None
+    raise _damaged(
+      path,
+      f"no setting {trail[-1]}",
+      "expected every setting"
+      " configs/default.py has; add it, restore the file, or use"
+      " another --workdir",
+    ) from None
   except (AttributeError, TypeError) as e:
     where = f"at setting {trail[-1]}: " if trail else ""
     raise _damaged(path, f"{where}{e}", _CONFIG_HINT) from None

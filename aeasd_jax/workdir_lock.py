@@ -49,11 +49,16 @@ def hold(workdir, stale_after_s, name="train.py"):
   Raises:
     AeasdError: another run holds the workdir, or it cannot be written.
   """
-  if not (isinstance(stale_after_s, numbers.Real) and
-          not isinstance(stale_after_s, bool) and
-          math.isfinite(stale_after_s) and stale_after_s > 0):
-    raise AeasdError(f"config.workdir_lock_stale_s={stale_after_s!r}: expected"
-                     " a positive number of seconds")
+  if not (
+    isinstance(stale_after_s, numbers.Real)
+    and not isinstance(stale_after_s, bool)
+    and math.isfinite(stale_after_s)
+    and stale_after_s > 0
+  ):
+    raise AeasdError(
+      f"config.workdir_lock_stale_s={stale_after_s!r}: expected"
+      " a positive number of seconds"
+    )
   lock, error = None, None
   if jax.process_index() == 0:
     try:
@@ -75,10 +80,11 @@ def _raise_on_every_process(error):
     if error is not None:
       text = str(error) if isinstance(error, AeasdError) else repr(error)
       encoded = text.encode()[:_MESSAGE_BYTES]
-      message[:len(encoded)] = np.frombuffer(encoded, np.uint8)
+      message[: len(encoded)] = np.frombuffer(encoded, np.uint8)
     message = np.asarray(multihost_utils.broadcast_one_to_all(message))
-    text = message.astype(np.uint8).tobytes().rstrip(b"\0").decode(
-        errors="replace")
+    text = (
+      message.astype(np.uint8).tobytes().rstrip(b"\0").decode(errors="replace")
+    )
     if text and error is None:
       raise AeasdError(text)
   if error is not None:
@@ -87,11 +93,18 @@ def _raise_on_every_process(error):
 
 def _acquire(path, stale_after_s, name):
   """Creates the lock file, taking over a stale one; returns its fd."""
-  record = json.dumps({
-      "name": name, "pid": os.getpid(), "host": socket.gethostname(),
-      "pid_space": _pid_space(), "start": _start_time(os.getpid()),
-      "started_at": datetime.datetime.now().astimezone().isoformat(
-          timespec="seconds")}).encode()
+  record = json.dumps(
+    {
+      "name": name,
+      "pid": os.getpid(),
+      "host": socket.gethostname(),
+      "pid_space": _pid_space(),
+      "start": _start_time(os.getpid()),
+      "started_at": datetime.datetime.now()
+      .astimezone()
+      .isoformat(timespec="seconds"),
+    }
+  ).encode()
   moved_aside = []
   try:
     for _ in range(_TRIES):
@@ -106,8 +119,12 @@ def _acquire(path, stale_after_s, name):
       reason = _why_stale(seen, stale_after_s)
       if reason is None:
         raise AeasdError(_in_use(path, seen, stale_after_s))
-      log.warning("workdir %s: taking over the lock %s, since %s",
-                  path.parent, path, reason)
+      log.warning(
+        "workdir %s: taking over the lock %s, since %s",
+        path.parent,
+        path,
+        reason,
+      )
       moved_aside.append(_move_aside(path, seen))
   except OSError as e:
     raise workdir_files.write_error(path, e) from None
@@ -117,9 +134,11 @@ def _acquire(path, stale_after_s, name):
     for moved in filter(None, moved_aside):
       with contextlib.suppress(OSError):
         os.unlink(moved)
-  raise AeasdError(f"workdir {path.parent}: its lock {path} kept changing"
-                   f" over {_TRIES} tries; expected one run to start at a"
-                   " time. Retry")
+  raise AeasdError(
+    f"workdir {path.parent}: its lock {path} kept changing"
+    f" over {_TRIES} tries; expected one run to start at a"
+    " time. Retry"
+  )
 
 
 def _create(path, record):
@@ -128,7 +147,7 @@ def _create(path, record):
   try:
     view = memoryview(record)
     while view:
-      view = view[os.write(fd, view):]
+      view = view[os.write(fd, view) :]
     os.fsync(fd)
   except BaseException:
     os.close(fd)
@@ -165,8 +184,10 @@ def _why_stale(seen, stale_after_s):
   # The age compares this host's clock with the file server's, which must
   # agree to well within stale_after_s (as NTP keeps them).
   if seen.age > stale_after_s:
-    return (f"it was last refreshed {seen.age:.0f}s ago"
-            f" (config.workdir_lock_stale_s={stale_after_s:g})")
+    return (
+      f"it was last refreshed {seen.age:.0f}s ago"
+      f" (config.workdir_lock_stale_s={stale_after_s:g})"
+    )
   return None
 
 
@@ -175,7 +196,9 @@ def _on_this_host(holder):
   # The host name alone is not enough: containers on one host can share it
   # while each has its own pid numbers.
   return (holder.get("host"), holder.get("pid_space")) == (
-      socket.gethostname(), _pid_space())
+    socket.gethostname(),
+    _pid_space(),
+  )
 
 
 def _alive(pid, start):
@@ -233,7 +256,8 @@ def _move_aside(path, seen):
     return None
   moved = os.stat(aside)
   if (moved.st_ino, moved.st_dev) != (seen.stat.st_ino, seen.stat.st_dev) or (
-      aside.read_bytes() != seen.data):
+    aside.read_bytes() != seen.data
+  ):
     with contextlib.suppress(FileExistsError):
       os.link(aside, path)
   return aside
@@ -245,24 +269,34 @@ class _Lock:
   def __init__(self, path, fd, stale_after_s):
     self.path, self.fd = path, fd
     self.stop = threading.Event()
-    self.thread = threading.Thread(target=self._heartbeat,
-                                   args=(stale_after_s / 4,),
-                                   name="workdir-lock-heartbeat", daemon=True)
+    self.thread = threading.Thread(
+      target=self._heartbeat,
+      args=(stale_after_s / 4,),
+      name="workdir-lock-heartbeat",
+      daemon=True,
+    )
     self.thread.start()
 
   def _heartbeat(self, period):
     while not self.stop.wait(period):
       if not self._ours():
-        log.warning("workdir %s: its lock %s was taken over by another run;"
-                    " expected it to stay with this one", self.path.parent,
-                    self.path)
+        log.warning(
+          "workdir %s: its lock %s was taken over by another run;"
+          " expected it to stay with this one",
+          self.path.parent,
+          self.path,
+        )
         return
       try:
         # Through the fd: a path could by now name another run's lock.
         os.utime(self.fd if os.utime in os.supports_fd else self.path)
       except OSError as e:
-        log.warning("workdir %s: cannot refresh its lock %s (%s)",
-                    self.path.parent, self.path, e.strerror or e)
+        log.warning(
+          "workdir %s: cannot refresh its lock %s (%s)",
+          self.path.parent,
+          self.path,
+          e.strerror or e,
+        )
 
   def _ours(self):
     try:
@@ -279,8 +313,12 @@ class _Lock:
       if self._ours():
         os.unlink(self.path)
     except OSError as e:
-      log.warning("workdir %s: cannot remove its lock %s (%s)",
-                  self.path.parent, self.path, e.strerror or e)
+      log.warning(
+        "workdir %s: cannot remove its lock %s (%s)",
+        self.path.parent,
+        self.path,
+        e.strerror or e,
+      )
     finally:
       os.close(self.fd)
 
@@ -288,15 +326,21 @@ class _Lock:
 def _in_use(path, seen, stale_after_s):
   holder = seen.holder
   if holder is None:
-    return (f"workdir {path.parent} is in use: its lock {path} was written"
-            f" {seen.age:.0f}s ago by a run that is starting, or is damaged;"
-            " expected one run per workdir. If no run uses it, delete"
-            f" {path}")
-  who = (f"workdir {path.parent} is in use by {holder.get('name', 'a run')}"
-         f" (pid {holder['pid']} on host {holder.get('host')}, since"
-         f" {holder.get('started_at')}); expected one run per workdir.")
+    return (
+      f"workdir {path.parent} is in use: its lock {path} was written"
+      f" {seen.age:.0f}s ago by a run that is starting, or is damaged;"
+      " expected one run per workdir. If no run uses it, delete"
+      f" {path}"
+    )
+  who = (
+    f"workdir {path.parent} is in use by {holder.get('name', 'a run')}"
+    f" (pid {holder['pid']} on host {holder.get('host')}, since"
+    f" {holder.get('started_at')}); expected one run per workdir."
+  )
   if _on_this_host(holder):
     return f"{who} Wait for it to finish, stop it, or use another --workdir"
-  return (f"{who} If that run is gone, its lock is taken over"
-          f" {max(stale_after_s - seen.age, 0):.0f}s from now, or delete"
-          f" {path}")
+  return (
+    f"{who} If that run is gone, its lock is taken over"
+    f" {max(stale_after_s - seen.age, 0):.0f}s from now, or delete"
+    f" {path}"
+  )

@@ -4,7 +4,6 @@ Usage: python benchmarks/feature_speed.py [--quick] [--out=features.json]
 """
 
 import argparse
-import json
 import pathlib
 import statistics
 import sys
@@ -34,19 +33,25 @@ def time_cache_builds(clips, config, repeats, work):
   for i in range(repeats):
     start = time.perf_counter()
     cache.build_or_load(
-        clips, dataset.feature_params(config), work / f"cache{i}",
-        num_workers=config.data.decode_workers,
-        batch_size=config.data.feature_batch, show_progress=False)
+      clips,
+      dataset.feature_params(config),
+      work / f"cache{i}",
+      num_workers=config.data.decode_workers,
+      batch_size=config.data.feature_batch,
+      show_progress=False,
+    )
     seconds.append(time.perf_counter() - start)
   return seconds
 
 
 def time_librosa(clips, librosa):
   """Seconds of the baseline's sequential load + melspectrogram + log loop."""
+
   def one(path):
     y, sr = librosa.load(path, sr=None, mono=False)
-    mel = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=1024,
-                                         hop_length=512, n_mels=128, power=2.0)
+    mel = librosa.feature.melspectrogram(
+      y=y, sr=sr, n_fft=1024, hop_length=512, n_mels=128, power=2.0
+    )
     return 10.0 * np.log10(mel + sys.float_info.epsilon)
 
   one(clips[0].path)  # librosa builds its filters and caches on first use.
@@ -59,21 +64,31 @@ def time_librosa(clips, librosa):
 def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument(
-      "--quick", action="store_true",
-      help="one machine type and 2 normal clips per id (30 clips)")
+    "--quick",
+    action="store_true",
+    help="one machine type and 2 normal clips per id (30 clips)",
+  )
   parser.add_argument(
-      "--clips_per_id", type=common.positive_int,
-      help="synth.generate's clips_per_id; default 8 (180 clips), 2 with"
-      " --quick")
+    "--clips_per_id",
+    type=common.positive_int,
+    help="synth.generate's clips_per_id; default 8 (180 clips), 2 with --quick",
+  )
   parser.add_argument(
-      "--seconds", type=float, default=10.0,
-      help="clip length; 10 s is a DCASE clip")
+    "--seconds",
+    type=float,
+    default=10.0,
+    help="clip length; 10 s is a DCASE clip",
+  )
   parser.add_argument(
-      "--machine_types", default=None,
-      help="comma-separated synthetic types; default all, fan with --quick")
+    "--machine_types",
+    default=None,
+    help="comma-separated synthetic types; default all, fan with --quick",
+  )
   parser.add_argument(
-      "--repeats", type=common.positive_int,
-      help="cache builds; the median counts; default 3, 1 with --quick")
+    "--repeats",
+    type=common.positive_int,
+    help="cache builds; the median counts; default 3, 1 with --quick",
+  )
   parser.add_argument("--out", help="write the JSON results here")
   return parser.parse_args(argv)
 
@@ -89,10 +104,13 @@ def main(argv=None):
   config = default.get_config()
   with tempfile.TemporaryDirectory() as tmp:
     work = pathlib.Path(tmp)
-    root = synth.generate(work / "data", clips_per_id=clips_per_id,
-                          seconds=args.seconds,
-                          sample_rate=config.features.sample_rate,
-                          machine_types=machine_types)
+    root = synth.generate(
+      work / "data",
+      clips_per_id=clips_per_id,
+      seconds=args.seconds,
+      sample_rate=config.features.sample_rate,
+      machine_types=machine_types,
+    )
     clips = dcase.discover(root)
     build_s = time_cache_builds(clips, config, repeats, work)
     try:
@@ -108,27 +126,40 @@ def main(argv=None):
   later = build_s[1:] or build_s
   ours = len(clips) / statistics.median(later)
   device = jax.local_devices()[0]
-  print(f"{len(clips)} clips of {args.seconds:g} s on {device.device_kind}"
-        f" ({device.platform})")
-  print(f"aeasd_jax cache build: {ours:.1f} clips/s (median of"
-        f" {len(later)} build(s){' after the first' if build_s[1:] else ''});"
-        " first build, log-mel"
-        f" compile included: {first:.1f} clips/s ({build_s[0]:.2f} s)")
+  print(
+    f"{len(clips)} clips of {args.seconds:g} s on {device.device_kind}"
+    f" ({device.platform})"
+  )
+  print(
+    f"aeasd_jax cache build: {ours:.1f} clips/s (median of"
+    f" {len(later)} build(s){' after the first' if build_s[1:] else ''});"
+    " first build, log-mel"
+    f" compile included: {first:.1f} clips/s ({build_s[0]:.2f} s)"
+  )
   versions = {"librosa": librosa.__version__} if librosa else {}
   result = {
-      "header": common.header(**versions), "clips": len(clips),
-      "seconds": args.seconds, "cache_build_s": build_s,
-      "first_build_clips_per_s": first, "ours_clips_per_s": ours}
+    "header": common.header(**versions),
+    "clips": len(clips),
+    "seconds": args.seconds,
+    "cache_build_s": build_s,
+    "first_build_clips_per_s": first,
+    "ours_clips_per_s": ours,
+  }
   if librosa_s is not None:
     theirs = len(clips) / librosa_s
     print(f"librosa, sequential: {theirs:.1f} clips/s")
-    print(f"ours / librosa: {ours / theirs:.2f}x (first build:"
-          f" {first / theirs:.2f}x)")
-    result.update(librosa_s=librosa_s, librosa_clips_per_s=theirs,
-                  ours_over_librosa=ours / theirs,
-                  first_build_over_librosa=first / theirs)
+    print(
+      f"ours / librosa: {ours / theirs:.2f}x (first build:"
+      f" {first / theirs:.2f}x)"
+    )
+    result.update(
+      librosa_s=librosa_s,
+      librosa_clips_per_s=theirs,
+      ours_over_librosa=ours / theirs,
+      first_build_over_librosa=first / theirs,
+    )
   if args.out:
-    pathlib.Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    common.write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -44,19 +44,26 @@ class _Run:
     self.model = autoencoder().to(self.device)
     count = parameter_count(self.model)
     if count != AE_PARAMETERS:
-      raise RuntimeError(f"peer AE has {count} trainable parameters; expected"
-                         f" {AE_PARAMETERS} (the DCASE baseline's)")
+      raise RuntimeError(
+        f"peer AE has {count} trainable parameters; expected"
+        f" {AE_PARAMETERS} (the DCASE baseline's)"
+      )
     self.model.train()
     # Capturing the optimizer in a CUDA graph needs its step counts on the
     # device (capturable); fused Adam is one kernel for all parameters.
     self.optimizer = torch.optim.Adam(
-        self.model.parameters(), lr=1e-3, fused=True if cuda else None,
-        capturable=mode == "cuda_graph")
-    self.frames = torch.randn(clips * FRAMES_PER_CLIP, N_MELS,
-                              device=self.device)
+      self.model.parameters(),
+      lr=1e-3,
+      fused=True if cuda else None,
+      capturable=mode == "cuda_graph",
+    )
+    self.frames = torch.randn(
+      clips * FRAMES_PER_CLIP, N_MELS, device=self.device
+    )
     clip_start = torch.arange(clips, device=self.device) * FRAMES_PER_CLIP
-    self.starts = (clip_start[:, None] + torch.arange(
-        WINDOWS_PER_CLIP, device=self.device)).reshape(-1)
+    self.starts = (
+      clip_start[:, None] + torch.arange(WINDOWS_PER_CLIP, device=self.device)
+    ).reshape(-1)
     self.offsets = torch.arange(FRAMES, device=self.device)
     self.static_x = None
     self.graph = None
@@ -65,8 +72,9 @@ class _Run:
 
   def batch(self):
     """Random vectors gathered from the device frames, as the JAX epoch does."""
-    pick = torch.randint(self.starts.numel(), (self.batch_size,),
-                         device=self.device)
+    pick = torch.randint(
+      self.starts.numel(), (self.batch_size,), device=self.device
+    )
     rows = self.starts[pick, None] + self.offsets
     return self.frames[rows].reshape(self.batch_size, -1)
 
@@ -85,8 +93,9 @@ class _Run:
 
   def _capture(self):
     """Records one training step on static buffers, as PyTorch's docs show."""
-    self.static_x = torch.zeros(self.batch_size, FRAMES * N_MELS,
-                                device=self.device)
+    self.static_x = torch.zeros(
+      self.batch_size, FRAMES * N_MELS, device=self.device
+    )
     # Warm-up on a side stream lets the optimizer and autograd allocate their
     # state outside the captured pool.
     side = torch.cuda.Stream(self.device)
@@ -110,8 +119,9 @@ def _synchronize(device):
     torch.cuda.synchronize(device)
 
 
-def measure(batch_size, steps, device, mode, *, clips=None, repeats=5,
-            warmup=3, seed=0):
+def measure(
+  batch_size, steps, device, mode, *, clips=None, repeats=5, warmup=3, seed=0
+):
   """Training speed of the peer AE in samples/s: the median of `repeats` loops.
 
   Args:

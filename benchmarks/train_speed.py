@@ -5,7 +5,6 @@ Usage: python benchmarks/train_speed.py [--quick] [--peer] [--out=results.json]
 
 import argparse
 import dataclasses
-import json
 import math
 import pathlib
 import statistics
@@ -20,18 +19,12 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from aeasd_jax import config_check
-from aeasd_jax import data
 from aeasd_jax import runtime
-from aeasd_jax import train
+from aeasd_jax import trainer as trainer_lib
+from aeasd_jax import window_data
 from benchmarks import common
-from configs import ae
-from configs import idnn
-from configs import vae
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-CONFIGS = {"AE": ae, "VAE": vae, "IDNN": idnn}
-FRAMES_PER_CLIP = 313  # A 10 s DCASE clip at hop 512.
-N_MELS = 128
 # The baseline's batch, and AE-ASD's (128 clips x 309 vectors).
 BATCH_SIZES = (512, 39552)
 # One model; one per machine type; one per type times 4 seeds.
@@ -41,6 +34,7 @@ MODEL_COUNTS = ((1, 1), (6, 1), (6, 4))
 @dataclasses.dataclass(frozen=True)
 class Setting:
   """One timed configuration: a model, a batch size and how many models."""
+
   model: str
   batch_size: int
   groups: int
@@ -58,51 +52,33 @@ class Setting:
       setting = cls(model.upper(), int(batch), int(groups), int(seeds))
     except ValueError:
       raise argparse.ArgumentTypeError(
-          f"{text!r}: expected MODEL:BATCH:GROUPSxSEEDS, e.g. AE:512:6x4"
+        f"{text!r}: expected MODEL:BATCH:GROUPSxSEEDS, e.g. AE:512:6x4"
       ) from None
-    if setting.model not in CONFIGS or min(setting.batch_size, setting.groups,
-                                           setting.seeds) < 1:
+    if (
+      setting.model not in common.CONFIGS
+      or min(setting.batch_size, setting.groups, setting.seeds) < 1
+    ):
       raise argparse.ArgumentTypeError(
-          f"{text!r}: expected a model in {sorted(CONFIGS)} and positive"
-          " numbers")
+        f"{text!r}: expected a model in {sorted(common.CONFIGS)} and"
+        " positive numbers"
+      )
     return setting
 
 
 def full_grid():
-  return [Setting(m, b, g, s) for m in CONFIGS for b in BATCH_SIZES
-          for g, s in MODEL_COUNTS]
+  return [
+    Setting(m, b, g, s)
+    for m in common.CONFIGS
+    for b in BATCH_SIZES
+    for g, s in MODEL_COUNTS
+  ]
 
 
 def quick_grid():
   # One large-batch setting shows the other regime; one model keeps it cheap.
-  return [Setting(m, 512, g, 1) for m in CONFIGS for g in (1, 6)] + [
-      Setting("AE", 39552, 1, 1)]
-
-
-def windows_per_clip(frames_per_window):
-  return FRAMES_PER_CLIP - frames_per_window + 1
-
-
-def synthetic_windows(groups, clips_per_group, val_clips, frames_per_window,
-                      seed=0):
-  """Host WindowData of random frames: each group's train clips, then val.
-
-  The values do not matter to the speed; the shapes and the gather do.
-  """
-  clips = clips_per_group + val_clips
-  rng = np.random.default_rng(seed)
-  frames = rng.standard_normal((groups * clips * FRAMES_PER_CLIP, N_MELS),
-                               np.float32)
-  starts = data.window_starts(np.full(groups * clips, FRAMES_PER_CLIP),
-                              frames_per_window)
-  starts = starts.astype(np.int32).reshape(
-      groups, clips * windows_per_clip(frames_per_window))
-  split = clips_per_group * windows_per_clip(frames_per_window)
-  return data.WindowData(
-      frames, starts[:, :split], np.full(groups, split, np.int32),
-      starts[:, split:],
-      np.full(groups, val_clips * windows_per_clip(frames_per_window),
-              np.int32))
+  return [Setting(m, 512, g, 1) for m in common.CONFIGS for g in (1, 6)] + [
+    Setting("AE", 39552, 1, 1)
+  ]
 
 
 def trainable_counts(params, num_models):
@@ -123,8 +99,12 @@ def _program_bytes(compiled):
   stats = compiled.memory_analysis()
   if stats is None:
     return None
-  return (stats.argument_size_in_bytes + stats.output_size_in_bytes
-          + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+  return (
+    stats.argument_size_in_bytes
+    + stats.output_size_in_bytes
+    + stats.temp_size_in_bytes
+    - stats.alias_size_in_bytes
+  )
 
 
 def _peak_device_bytes():
@@ -132,25 +112,27 @@ def _peak_device_bytes():
   return None if stats is None else stats.get("peak_bytes_in_use")
 
 
-def time_setting(setting, host_windows, clips_per_group, repeats,
-                 compute_dtype, dump_hlo=None):
+def time_setting(
+  setting, host_windows, clips_per_group, repeats, compute_dtype, dump_hlo=None
+):
   """Compiles and times one setting's epoch; returns its JSON record."""
-  config = CONFIGS[setting.model].get_config()
+  config = common.CONFIGS[setting.model].get_config()
   config.train.batch_size = setting.batch_size
   config.train.num_seeds = setting.seeds
   config.model.compute_dtype = compute_dtype
   val_windows = int(host_windows.val_counts.max())
   config_check.check_config(config)
   group_names = [f"group{g}" for g in range(setting.groups)]
-  trainer = train.Trainer(config, group_names, host_windows)
+  trainer = trainer_lib.Trainer(config, group_names, host_windows)
   state = trainer.init_state()
   start = time.perf_counter()
   program = trainer.epoch_fn.lower(state, trainer.windows).compile()
   compile_s = time.perf_counter() - start
   if dump_hlo:
     path = pathlib.Path(dump_hlo) / (
-        f"{setting.model}_{setting.batch_size}_{setting.groups}x"
-        f"{setting.seeds}_{compute_dtype}.hlo.txt")
+      f"{setting.model}_{setting.batch_size}_{setting.groups}x"
+      f"{setting.seeds}_{compute_dtype}.hlo.txt"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(program.as_text())
   # The epoch donates the state, so every call takes the one returned last.
@@ -165,39 +147,48 @@ def time_setting(setting, host_windows, clips_per_group, repeats,
   counts = host_windows.train_counts[trainer.setup.group_of_model]
   steps = counts // setting.batch_size
   samples = int(steps.sum()) * setting.batch_size
-  params, weights = trainable_counts(state["params"], setting.num_models)
+  params, weights = trainable_counts(state.params, setting.num_models)
   rate = samples / statistics.median(epoch_s)
   return {
-      "model": setting.model, "batch_size": setting.batch_size,
-      "groups": setting.groups, "seeds": setting.seeds,
-      "models": setting.num_models, "clips_per_group": clips_per_group,
-      "compute_dtype": compute_dtype,
-      "val_windows_per_group": val_windows,
-      "steps_per_epoch": int(steps.max()), "samples_per_epoch": samples,
-      "samples_per_s": rate,
-      "trainable_params_per_model": params,
-      "flops_per_sample": 6 * weights,
-      "tflops": rate * 6 * weights / 1e12,
-      "compile_s": compile_s, "epoch_s": statistics.median(epoch_s),
-      "epoch_s_all": epoch_s,
-      "program_bytes": _program_bytes(program),
-      "peak_device_bytes": _peak_device_bytes(),
-      "finite": bool(np.all(jax.device_get(metrics["finite"]))),
+    "model": setting.model,
+    "batch_size": setting.batch_size,
+    "groups": setting.groups,
+    "seeds": setting.seeds,
+    "models": setting.num_models,
+    "clips_per_group": clips_per_group,
+    "compute_dtype": compute_dtype,
+    "val_windows_per_group": val_windows,
+    "steps_per_epoch": int(steps.max()),
+    "samples_per_epoch": samples,
+    "samples_per_s": rate,
+    "trainable_params_per_model": params,
+    "flops_per_sample": 6 * weights,
+    "tflops": rate * 6 * weights / 1e12,
+    "compile_s": compile_s,
+    "epoch_s": statistics.median(epoch_s),
+    "epoch_s_all": epoch_s,
+    "program_bytes": _program_bytes(program),
+    "peak_device_bytes": _peak_device_bytes(),
+    "finite": bool(np.all(jax.device_get(metrics["finite"]))),
   }
 
 
 def header(peer_torch):
   versions = {}
   if peer_torch is not None:
-    versions = {"torch": peer_torch.torch.__version__,
-                "torch_threads": peer_torch.torch.get_num_threads()}
+    versions = {
+      "torch": peer_torch.torch.__version__,
+      "torch_threads": peer_torch.torch.get_num_threads(),
+    }
   return {
-      **common.header(**versions),
-      "notes": ("samples_per_s counts every model's samples (model-samples/s)"
-                " over the whole compiled epoch, shuffle and validation"
-                " included; flops_per_sample is 6 x the matmul weights;"
-                " peak_device_bytes is the process's high-water mark so far;"
-                " program_bytes is XLA's estimate for the epoch program."),
+    **common.header(**versions),
+    "notes": (
+      "samples_per_s counts every model's samples (model-samples/s)"
+      " over the whole compiled epoch, shuffle and validation"
+      " included; flops_per_sample is 6 x the matmul weights;"
+      " peak_device_bytes is the process's high-water mark so far;"
+      " program_bytes is XLA's estimate for the epoch program."
+    ),
   }
 
 
@@ -220,64 +211,97 @@ def peer_rates(peer_torch, record, max_steps, repeats, cache):
     device = peer_torch.default_device()
     steps = max(2, min(max_steps, record["steps_per_epoch"]))
     cache[batch] = {
-        mode: peer_torch.measure(batch, steps, device, mode,
-                                 clips=record["clips_per_group"],
-                                 repeats=repeats)
-        for mode in peer_torch.available_modes(device)}
+      mode: peer_torch.measure(
+        batch,
+        steps,
+        device,
+        mode,
+        clips=record["clips_per_group"],
+        repeats=repeats,
+      )
+      for mode in peer_torch.available_modes(device)
+    }
   return cache[batch]
 
 
 def print_table(records):
-  print(f"{'model':<5} {'batch':>6} {'models':>7} {'M samp/s':>9}"
-        f" {'TFLOP/s':>8} {'compile s':>9} {'epoch s':>8}  ours/peer")
+  print(
+    f"{'model':<5} {'batch':>6} {'models':>7} {'M samp/s':>9}"
+    f" {'TFLOP/s':>8} {'compile s':>9} {'epoch s':>8}  ours/peer"
+  )
   for r in records:
-    ratios = " ".join(f"{mode}={ratio:.2f}x"
-                      for mode, ratio in r.get("ours_over_peer", {}).items())
-    print(f"{r['model']:<5} {r['batch_size']:>6}"
-          f" {r['groups']:>4}x{r['seeds']:<2} {r['samples_per_s'] / 1e6:>9.4f}"
-          f" {r['tflops']:>8.4f} {r['compile_s']:>9.2f} {r['epoch_s']:>8.3f}"
-          f"  {ratios}")
+    ratios = " ".join(
+      f"{mode}={ratio:.2f}x"
+      for mode, ratio in r.get("ours_over_peer", {}).items()
+    )
+    print(
+      f"{r['model']:<5} {r['batch_size']:>6}"
+      f" {r['groups']:>4}x{r['seeds']:<2} {r['samples_per_s'] / 1e6:>9.4f}"
+      f" {r['tflops']:>8.4f} {r['compile_s']:>9.2f} {r['epoch_s']:>8.3f}"
+      f"  {ratios}"
+    )
 
 
 def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument(
-      "--quick", action="store_true",
-      help="a reduced grid on few clips: a minute or two on 2 CPU cores")
+    "--quick",
+    action="store_true",
+    help="a reduced grid on few clips: a minute or two on 2 CPU cores",
+  )
   parser.add_argument(
-      "--peer", action="store_true",
-      help="also time the PyTorch peer (benchmarks/peer_torch.py) on the AE"
-      " settings and print ours / peer; skipped when torch is missing")
+    "--peer",
+    action="store_true",
+    help="also time the PyTorch peer (benchmarks/peer_torch.py) on the AE"
+    " settings and print ours / peer; skipped when torch is missing",
+  )
   parser.add_argument("--out", help="write the JSON results here")
   parser.add_argument(
-      "--settings", type=lambda text: [Setting.parse(s)
-                                       for s in text.split(",")],
-      help="comma-separated MODEL:BATCH:GROUPSxSEEDS entries, e.g."
-      " AE:512:6x4, instead of the grid")
+    "--settings",
+    type=lambda text: [Setting.parse(s) for s in text.split(",")],
+    help="comma-separated MODEL:BATCH:GROUPSxSEEDS entries, e.g."
+    " AE:512:6x4, instead of the grid",
+  )
   parser.add_argument(
-      "--clips_per_group", type=common.positive_int,
-      help="training clips of 313 frames per group; default 7000 (a DCASE"
-      " machine type with its additional data), 24 with --quick; raised"
-      " where a setting needs more for one full batch")
+    "--clips_per_group",
+    type=common.positive_int,
+    help="training clips of 313 frames per group; default 7000 (a DCASE"
+    " machine type with its additional data), 24 with --quick; raised"
+    " where a setting needs more for one full batch",
+  )
   parser.add_argument(
-      "--val_clips", type=common.positive_int, default=1,
-      help="validation clips per group, which every epoch scores")
+    "--val_clips",
+    type=common.positive_int,
+    default=1,
+    help="validation clips per group, which every epoch scores",
+  )
   parser.add_argument(
-      "--repeats", type=common.positive_int,
-      help="timed epochs per setting after one warm-up epoch; the median"
-      " counts; default 5, 3 with --quick")
+    "--repeats",
+    type=common.positive_int,
+    help="timed epochs per setting after one warm-up epoch; the median"
+    " counts; default 5, 3 with --quick",
+  )
   parser.add_argument(
-      "--peer_steps", type=common.positive_int, default=200,
-      help="most Adam steps per timed peer loop; never more than one epoch"
-      " of the same setting")
+    "--peer_steps",
+    type=common.positive_int,
+    default=200,
+    help="most Adam steps per timed peer loop; never more than one epoch"
+    " of the same setting",
+  )
   parser.add_argument(
-      "--compute_dtype", choices=("float32", "bfloat16"), default="float32",
-      help="config.model.compute_dtype for every setting")
+    "--compute_dtype",
+    choices=("float32", "bfloat16"),
+    default="float32",
+    help="config.model.compute_dtype for every setting",
+  )
   parser.add_argument(
-      "--dump_hlo", help="write each setting's optimised epoch HLO here")
+    "--dump_hlo", help="write each setting's optimised epoch HLO here"
+  )
   parser.add_argument(
-      "--torch_threads", type=common.positive_int,
-      help="torch.set_num_threads for a CPU peer; default torch's own")
+    "--torch_threads",
+    type=common.positive_int,
+    help="torch.set_num_threads for a CPU peer; default torch's own",
+  )
   return parser.parse_args(argv)
 
 
@@ -291,35 +315,48 @@ def main(argv=None):
   groups = max(s.groups for s in settings)
   windows, peer_cache = {}, {}
   for setting in settings:
-    frames_per_window = CONFIGS[setting.model].get_config().model.frames
+    frames_per_window = common.CONFIGS[setting.model].get_config().model.frames
     # Every group needs one full batch, or the library refuses the run.
-    clips = max(base_clips, math.ceil(
-        setting.batch_size / windows_per_clip(frames_per_window)))
+    clips = max(
+      base_clips,
+      math.ceil(
+        setting.batch_size / common.windows_per_clip(frames_per_window)
+      ),
+    )
     key = (clips, frames_per_window)
     if key not in windows:
-      windows[key] = synthetic_windows(groups, clips, args.val_clips,
-                                       frames_per_window)
+      windows[key] = common.synthetic_windows(
+        groups, clips, args.val_clips, frames_per_window
+      )
     # Groups are laid out one after another, so a prefix is fewer groups.
     host = windows[key]
-    host = data.WindowData(
-        host.frames[:setting.groups * (clips + args.val_clips)
-                    * FRAMES_PER_CLIP],
-        *(x[:setting.groups] for x in host[1:]))
-    record = time_setting(setting, host, clips, repeats, args.compute_dtype,
-                          args.dump_hlo)
+    host = window_data.WindowData(
+      host.frames[
+        : setting.groups * (clips + args.val_clips) * common.FRAMES_PER_CLIP
+      ],
+      *(x[: setting.groups] for x in host[1:]),
+    )
+    record = time_setting(
+      setting, host, clips, repeats, args.compute_dtype, args.dump_hlo
+    )
     if peer_torch is not None and setting.model == "AE":
-      rates = peer_rates(peer_torch, record, args.peer_steps, repeats,
-                         peer_cache)
+      rates = peer_rates(
+        peer_torch, record, args.peer_steps, repeats, peer_cache
+      )
       record["peer_samples_per_s"] = rates
-      record["ours_over_peer"] = {mode: record["samples_per_s"] / rate
-                                  for mode, rate in rates.items()}
+      record["ours_over_peer"] = {
+        mode: record["samples_per_s"] / rate for mode, rate in rates.items()
+      }
     results["records"].append(record)
-    print(f"{setting.model} batch {setting.batch_size}"
-          f" {setting.groups}x{setting.seeds}:"
-          f" {record['samples_per_s'] / 1e6:.4f} M samples/s", flush=True)
+    print(
+      f"{setting.model} batch {setting.batch_size}"
+      f" {setting.groups}x{setting.seeds}:"
+      f" {record['samples_per_s'] / 1e6:.4f} M samples/s",
+      flush=True,
+    )
   print_table(results["records"])
   if args.out:
-    pathlib.Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+    common.write_json(args.out, results)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The DCASE 2020 baseline autoencoder on 5-frame log-mel vectors (640 in, 640 out).
+"""The DCASE 2020 baseline autoencoder on 5-frame log-mel vectors (640 in, out).
 
 Follows the DCASE 2020 baseline recipe (configs/default.py): Adam 1e-3,
 100 epochs, batch 512 vectors, validation split 0.1, one model per type.

@@ -1,4 +1,4 @@
-"""Settings shared by every detector; the model configs change only what differs.
+"""Settings shared by every detector; model configs change only what differs.
 
 Follows the DCASE 2020 Task 2 baseline: 5-frame log-mel vectors (128 mels,
 n_fft 1024, hop 512), Adam 1e-3, 100 epochs, batch 512, validation split 0.1,

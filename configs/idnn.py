@@ -1,4 +1,4 @@
-"""IDNN (Suefusa et al., ICASSP 2020): predicts the centre frame from the 4 frames around it.
+"""IDNN (Suefusa et al., ICASSP 2020): the centre frame from the 4 around it.
 
 Follows the DCASE 2020 baseline recipe (configs/default.py): Adam 1e-3,
 100 epochs, batch 512 vectors, validation split 0.1, one model per type.

@@ -1,4 +1,4 @@
-"""VIDNN: the VAE with IDNN's input (4 context frames) and target (the centre frame).
+"""VIDNN: the VAE with IDNN's input (4 context frames) and target (centre).
 
 Follows the DCASE 2020 baseline recipe (configs/default.py): Adam 1e-3,
 100 epochs, batch 512 vectors, validation split 0.1, one model per type.

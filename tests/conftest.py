@@ -24,8 +24,12 @@ import helpers  # pylint: disable=g-import-not-at-top,wrong-import-position
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory):
   """A small synthetic DCASE dataset shared by the whole session."""
-  return synth.generate(tmp_path_factory.mktemp("synth") / "data", seed=0,
-                        clips_per_id=4, seconds=1.0)
+  return synth.generate(
+    tmp_path_factory.mktemp("synth") / "data",
+    seed=0,
+    clips_per_id=4,
+    seconds=1.0,
+  )
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +57,8 @@ def tiny_config(tiny_root, session_cache_dir):
 # 2.2e-16 * 144 * 14 * 100 * 32 = 1.4e-9. The runs differ by about 2e-15;
 # BatchNorm on per-device statistics moves the weights by 1e-2 and more.
 FLOAT64_REORDERING_TOLERANCE = (
-    np.finfo(np.float64).eps * (64 + 80) * 14 * 100 * 32)
+  np.finfo(np.float64).eps * (64 + 80) * 14 * 100 * 32
+)
 
 
 @pytest.fixture
@@ -72,11 +77,18 @@ def x64():
 @pytest.fixture(scope="session")
 def assert_same_training():
   """Asserts two float64 trainings' weight trees equal up to summation order."""
+
   def check(a, b):
     def close(path, x, y):
       assert x.dtype == y.dtype == np.float64, jax.tree_util.keystr(path)
       np.testing.assert_allclose(
-          y, x, rtol=FLOAT64_REORDERING_TOLERANCE,
-          atol=FLOAT64_REORDERING_TOLERANCE, err_msg=jax.tree_util.keystr(path))
+        y,
+        x,
+        rtol=FLOAT64_REORDERING_TOLERANCE,
+        atol=FLOAT64_REORDERING_TOLERANCE,
+        err_msg=jax.tree_util.keystr(path),
+      )
+
     jax.tree_util.tree_map_with_path(close, a, b)
+
   return check

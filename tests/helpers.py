@@ -1,7 +1,7 @@
-"""Helpers shared by test modules: the tiny config and reading trained weights."""
+"""Helpers shared by test modules: the tiny config and trained weights."""
 
-from aeasd_jax import evaluation
 from aeasd_jax import workdir_files
+from aeasd_jax import workdir_weights
 from configs import default
 
 
@@ -25,6 +25,7 @@ def tiny_config(root, cache_dir):
 def latest_weights(workdir):
   """(params, batch_stats) of a workdir's latest checkpoint."""
   config = workdir_files.load_config(workdir)
-  _, params, batch_stats, _ = evaluation.load_weights(
-      config, workdir, workdir_files.read_groups(workdir), "latest")
+  _, params, batch_stats, _ = workdir_weights.load_weights(
+    config, workdir, workdir_files.read_groups(workdir), "latest"
+  )
   return params, batch_stats

@@ -28,17 +28,19 @@ def _write(path, samples, rate=SR, subtype="PCM_16", **kwargs):
 
 def _raises(path, *patterns):
   """pytest.raises for an AeasdError naming `path` and every pattern."""
-  lookaheads = "".join(f"(?=.*{p})" for p in (re.escape(str(path)),) +
-                       patterns)
+  lookaheads = "".join(f"(?=.*{p})" for p in (re.escape(str(path)),) + patterns)
   return pytest.raises(AeasdError, match=f"(?s)^{lookaheads}")
 
 
-@pytest.mark.parametrize("subtype,tolerance", [
+@pytest.mark.parametrize(
+  "subtype,tolerance",
+  [
     ("PCM_16", 1.0 / 2**15),
     ("PCM_24", 1.0 / 2**23),
     ("PCM_32", 1.0 / 2**31 + 1e-7),
     ("FLOAT", 0.0),
-])
+  ],
+)
 def test_wav_subtypes_read_back(tmp_path, subtype, tolerance):
   x = _sine()
   path = _write(tmp_path / "clip.wav", x, subtype=subtype)
@@ -48,8 +50,9 @@ def test_wav_subtypes_read_back(tmp_path, subtype, tolerance):
   np.testing.assert_allclose(y, x, rtol=0, atol=tolerance)
 
 
-@pytest.mark.parametrize("subtype,tolerance", [("PCM_16", 1.0 / 2**15),
-                                                ("PCM_24", 1.0 / 2**23)])
+@pytest.mark.parametrize(
+  "subtype,tolerance", [("PCM_16", 1.0 / 2**15), ("PCM_24", 1.0 / 2**23)]
+)
 def test_flac_reads_back(tmp_path, subtype, tolerance):
   x = _sine()
   path = _write(tmp_path / "clip.flac", x, subtype=subtype)
@@ -58,14 +61,16 @@ def test_flac_reads_back(tmp_path, subtype, tolerance):
 
 def test_accepts_str_and_pathlike(tmp_path):
   path = _write(tmp_path / "clip.wav", _sine(), subtype="FLOAT")
-  np.testing.assert_array_equal(audio.read_audio(str(path)),
-                                audio.read_audio(path))
+  np.testing.assert_array_equal(
+    audio.read_audio(str(path)), audio.read_audio(path)
+  )
 
 
 def test_stereo_is_averaged_to_mono(tmp_path):
   left, right = _sine(440.0), _sine(1000.0, amplitude=0.25)
-  path = _write(tmp_path / "stereo.wav", np.stack([left, right], axis=1),
-                subtype="FLOAT")
+  path = _write(
+    tmp_path / "stereo.wav", np.stack([left, right], axis=1), subtype="FLOAT"
+  )
   y = audio.read_audio(path)
   assert y.shape == left.shape
   np.testing.assert_allclose(y, (left + right) / 2, rtol=0, atol=1e-7)
@@ -130,7 +135,8 @@ def test_permission_denied(tmp_path, monkeypatch):
 
   def fake_open(file, *args, **kwargs):
     if isinstance(file, (str, bytes, os.PathLike)) and (
-        os.fspath(file) == str(path)):
+      os.fspath(file) == str(path)
+    ):
       raise PermissionError(13, "Permission denied", str(path))
     return real_open(file, *args, **kwargs)
 
@@ -165,17 +171,21 @@ def test_exactly_min_samples_is_accepted(tmp_path):
 @pytest.mark.parametrize("rate", [44100, 8000])
 def test_other_rate_refused_without_resample(tmp_path, rate):
   path = _write(tmp_path / f"at_{rate}.wav", _sine(rate=rate), rate=rate)
-  with _raises(path, f"{rate} Hz", "expected 16000 Hz",
-               re.escape("config.data.resample")):
+  with _raises(
+    path, f"{rate} Hz", "expected 16000 Hz", re.escape("config.data.resample")
+  ):
     audio.read_audio(path)
 
 
 @pytest.mark.parametrize("rate", [44100, 8000])
 def test_resample_keeps_length_and_pitch(tmp_path, rate):
   freq, seconds = 1000.0, 0.5
-  path = _write(tmp_path / f"at_{rate}.wav",
-                _sine(freq, seconds=seconds, rate=rate), rate=rate,
-                subtype="FLOAT")
+  path = _write(
+    tmp_path / f"at_{rate}.wav",
+    _sine(freq, seconds=seconds, rate=rate),
+    rate=rate,
+    subtype="FLOAT",
+  )
   y = audio.read_audio(path, resample=True)
   assert y.dtype == np.float32
   assert y.shape == (int(seconds * SR),)
@@ -186,10 +196,11 @@ def test_resample_keeps_length_and_pitch(tmp_path, rate):
   peak = int(np.argmax(spectrum))
   assert freqs[peak] == pytest.approx(freq, abs=SR / y.size)
   near = np.abs(freqs - freq) <= 50.0
-  assert np.sum(spectrum[near]**2) > 0.999 * np.sum(spectrum**2)
+  assert np.sum(spectrum[near] ** 2) > 0.999 * np.sum(spectrum**2)
   # The level survives too (0.5 amplitude, away from the filter's edges).
-  assert np.max(np.abs(y[y.size // 4:-y.size // 4])) == pytest.approx(
-      0.5, abs=0.02)
+  assert np.max(np.abs(y[y.size // 4 : -y.size // 4])) == pytest.approx(
+    0.5, abs=0.02
+  )
 
 
 def test_min_samples_applies_after_resampling(tmp_path):
@@ -197,8 +208,7 @@ def test_min_samples_applies_after_resampling(tmp_path):
   up = _write(tmp_path / "at_8k.wav", np.zeros(600, np.float32), rate=8000)
   assert audio.read_audio(up, resample=True, min_samples=1024).size == 1200
   # 2000 samples at 44.1 kHz become 726 at 16 kHz: too short.
-  down = _write(tmp_path / "at_44k.wav", np.zeros(2000, np.float32),
-                rate=44100)
+  down = _write(tmp_path / "at_44k.wav", np.zeros(2000, np.float32), rate=44100)
   with _raises(down, "726 samples", "expected a longer clip"):
     audio.read_audio(down, resample=True, min_samples=1024)
 
@@ -207,13 +217,13 @@ def test_min_samples_applies_after_resampling(tmp_path):
 # and PEAK chunks (float), WAVE_FORMAT_EXTENSIBLE, big-endian RIFX, RF64 (sizes
 # in a ds64 chunk) and Sony Wave64 (GUID chunk ids, 64-bit sizes).
 _WAV_LAYOUTS = [
-    (dict(format="WAV", subtype="PCM_16"), 2),
-    (dict(format="WAV", subtype="FLOAT"), 4),
-    (dict(format="WAVEX", subtype="PCM_24"), 3),
-    (dict(format="WAV", subtype="PCM_16", endian="BIG"), 2),
-    (dict(format="RF64", subtype="PCM_16"), 2),
-    (dict(format="W64", subtype="PCM_16"), 2),
-    (dict(format="WAV", subtype="PCM_U8"), 1),
+  (dict(format="WAV", subtype="PCM_16"), 2),
+  (dict(format="WAV", subtype="FLOAT"), 4),
+  (dict(format="WAVEX", subtype="PCM_24"), 3),
+  (dict(format="WAV", subtype="PCM_16", endian="BIG"), 2),
+  (dict(format="RF64", subtype="PCM_16"), 2),
+  (dict(format="W64", subtype="PCM_16"), 2),
+  (dict(format="WAV", subtype="PCM_U8"), 1),
 ]
 
 
@@ -223,8 +233,9 @@ def test_truncated_wav_is_reported(tmp_path, layout, sample_bytes, channels):
   x = np.stack([_sine()] * channels, axis=1)
   good = tmp_path / "good.wav"
   soundfile.write(good, x, SR, **layout)
-  np.testing.assert_allclose(audio.read_audio(good), _sine(), rtol=0,
-                             atol=1.0 / 2**7)
+  np.testing.assert_allclose(
+    audio.read_audio(good), _sine(), rtol=0, atol=1.0 / 2**7
+  )
   data = good.read_bytes()
   declared = x.size * sample_bytes
   # libsndfile writes the data chunk last, so its header ends here.
@@ -232,23 +243,32 @@ def test_truncated_wav_is_reported(tmp_path, layout, sample_bytes, channels):
   for kept in (len(data) // 2, len(data) - 1):
     path = tmp_path / f"cut_{kept}.wav"
     path.write_bytes(data[:kept])
-    with _raises(path, re.escape(
+    with _raises(
+      path,
+      re.escape(
         f"truncated: the data chunk declares {declared} bytes but the file"
-        f" holds {kept - data_start}; expected a complete WAV file")):
+        f" holds {kept - data_start}; expected a complete WAV file"
+      ),
+    ):
       audio.read_audio(path)
 
 
 def _riff(chunks):
   """A RIFF WAVE file of (id, body) chunks, each padded to an even size."""
   body = b"WAVE" + b"".join(
-      chunk_id + struct.pack("<I", len(data)) + data + b"\0" * (len(data) % 2)
-      for chunk_id, data in chunks)
+    chunk_id + struct.pack("<I", len(data)) + data + b"\0" * (len(data) % 2)
+    for chunk_id, data in chunks
+  )
   return b"RIFF" + struct.pack("<I", len(body)) + body
 
 
 def _fmt_pcm16(rate=SR, channels=1):
-  return (b"fmt ", struct.pack("<HHIIHH", 1, channels, rate, rate * 2 *
-                               channels, 2 * channels, 16))
+  return (
+    b"fmt ",
+    struct.pack(
+      "<HHIIHH", 1, channels, rate, rate * 2 * channels, 2 * channels, 16
+    ),
+  )
 
 
 def test_odd_chunk_before_data_is_padded(tmp_path):
@@ -287,29 +307,38 @@ def test_streamed_wav_of_unknown_size_is_read_to_the_end(tmp_path):
 def test_truncated_flac_is_reported(tmp_path):
   good = _write(tmp_path / "good.flac", _sine(seconds=2.0))
   path = tmp_path / "cut.flac"
-  path.write_bytes(good.read_bytes()[:good.stat().st_size // 2])
+  path.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
   with _raises(path, "expected"):
     audio.read_audio(path)
 
 
-def test_fewer_frames_decoded_than_declared_is_reported(tmp_path,
-                                                        monkeypatch):
+def test_fewer_frames_decoded_than_declared_is_reported(tmp_path, monkeypatch):
   # libsndfile 1.2 reports a cut FLAC itself; a decoder that silently stops
   # early must still not pass a short clip as a whole one.
   path = _write(tmp_path / "clip.flac", _sine())
   real_read = soundfile.SoundFile.read
-  monkeypatch.setattr(soundfile.SoundFile, "read",
-                      lambda self, *a, **k: real_read(self, *a, **k)[:-100])
-  with _raises(path, f"truncated: the header declares {_sine().size} frames"
-               f" but only {_sine().size - 100} decode"):
+  monkeypatch.setattr(
+    soundfile.SoundFile,
+    "read",
+    lambda self, *a, **k: real_read(self, *a, **k)[:-100],
+  )
+  with _raises(
+    path,
+    f"truncated: the header declares {_sine().size} frames"
+    f" but only {_sine().size - 100} decode",
+  ):
     audio.read_audio(path)
 
 
 def test_dangling_symbolic_link(tmp_path):
   path = tmp_path / "link.wav"
   path.symlink_to(tmp_path / "gone.wav")
-  with _raises(path, "dangling symbolic link to",
-               re.escape(str(tmp_path / "gone.wav")), "expected"):
+  with _raises(
+    path,
+    "dangling symbolic link to",
+    re.escape(str(tmp_path / "gone.wav")),
+    "expected",
+  ):
     audio.read_audio(path)
 
 
@@ -344,5 +373,6 @@ def test_fifo_is_refused_without_blocking(tmp_path):
 def test_resample_to_a_float_rate(tmp_path):
   # check_config accepts sample_rate=16000.0; resampling needs whole factors.
   path = _write(tmp_path / "at_8k.wav", np.zeros(4000, np.float32), rate=8000)
-  assert audio.read_audio(path, sample_rate=16000.0,
-                          resample=True).shape == (8000,)
+  assert audio.read_audio(path, sample_rate=16000.0, resample=True).shape == (
+    8000,
+  )

@@ -29,10 +29,13 @@ import helpers
 from aeasd_jax import cache
 from aeasd_jax import evaluation
 from aeasd_jax import metric_log
+from aeasd_jax import recordings
 from aeasd_jax import runtime
+from aeasd_jax import steps
 from aeasd_jax import train
 from aeasd_jax import workdir_files
 from aeasd_jax import workdir_lock
+from aeasd_jax import workdir_weights
 from aeasd_jax.errors import AeasdError
 
 REPO = pathlib.Path(__file__).parents[1]
@@ -50,6 +53,7 @@ def trained(tiny_root, session_cache_dir, tmp_path_factory):
 @dataclasses.dataclass
 class Context:
   """What a case may use: a fresh config, workdir copy and dataset copy."""
+
   config: object
   tmp: pathlib.Path
   trained: pathlib.Path
@@ -87,11 +91,13 @@ def _train(ctx):
 
 def _set(**settings):
   """Training with dotted settings changed: _set(train__epochs=3)."""
+
   def run(ctx):
     for dotted, value in settings.items():
       section, name = dotted.split("__")
       ctx.config[section][name] = value
     return _train(ctx)
+
   return run
 
 
@@ -135,9 +141,13 @@ def _damaged_file(name, content):
   def run(ctx):
     workdir = ctx.copy_of_trained()
     path = workdir / name
-    path.write_text(content if content is not None else
-                    path.read_text()[:len(path.read_text()) // 2])
+    path.write_text(
+      content
+      if content is not None
+      else path.read_text()[: len(path.read_text()) // 2]
+    )
     return _evaluate(workdir)
+
   return run
 
 
@@ -148,6 +158,7 @@ def _damaged_file_before_training(name):
     path.write_text(path.read_text()[:10])
     ctx.config.train.epochs = 3
     return lambda: train.train_and_evaluate(ctx.config, workdir)
+
   return run
 
 
@@ -156,13 +167,15 @@ def _truncated_checkpoint(which):
     workdir = ctx.copy_of_trained()
     step = workdir / "checkpoints" / "2" / "default"
     if which == "data":
-      files = sorted((step / "ocdbt.process_0" / "d").iterdir(),
-                     key=os.path.getsize)
+      files = sorted(
+        (step / "ocdbt.process_0" / "d").iterdir(), key=os.path.getsize
+      )
       path = files[-1]
     else:
       path = step / "_METADATA"
     os.truncate(path, os.path.getsize(path) // 2)
     return _evaluate(workdir, which="latest")
+
   return run
 
 
@@ -170,10 +183,11 @@ def _nan_in_cached_frames(ctx):
   ctx.copy_of_data()
   ctx.config.train.epochs = 1
   runtime.run(_train(ctx))  # Builds this dataset's own cache.
-  directory = next(p for p in (pathlib.Path(ctx.config.data.cache_dir) /
-                               "features").iterdir()
-                   if cache.load(p).clips[0].path.startswith(
-                       ctx.config.data.root))
+  directory = next(
+    p
+    for p in (pathlib.Path(ctx.config.data.cache_dir) / "features").iterdir()
+    if cache.load(p).clips[0].path.startswith(ctx.config.data.root)
+  )
   frames = np.memmap(directory / cache.FRAMES_FILE, np.float32, "r+")
   frames[100] = np.nan
   frames.flush()
@@ -210,8 +224,9 @@ def _wav_all_unreadable(ctx):
   folder.mkdir()
   (folder / "a.wav").write_text("not audio")
   (folder / "b.wav").write_bytes(b"")
-  return lambda: evaluation.score_recordings(ctx.trained, folder,
-                                             machine_type="fan")
+  return lambda: recordings.score_recordings(
+    ctx.trained, folder, machine_type="fan"
+  )
 
 
 def _workdir_in_use(ctx):
@@ -233,61 +248,142 @@ def _metrics_disk_full(ctx):
 
 
 CASES = [
-    Case("threshold percentile of 100", _set(score__threshold_percentile=100.0),
-         2, "config.score.threshold_percentile=100.0"),
-    Case("hop_length of 0", _set(features__hop_length=0), 2,
-         "config.features.hop_length=0"),
-    Case("n_fft of 0", _set(features__n_fft=0), 2, "config.features.n_fft=0"),
-    Case("power of 0", _set(features__power=0.0), 2,
-         "config.features.power=0.0"),
-    Case("fmin at Nyquist", _set(features__fmin=8000.0), 2,
-         "config.features.fmin=8000.0"),
-    Case("huge n_fft", _set(features__n_fft=2**30), 2,
-         "config.features.n_fft=1073741824"),
-    Case("sample_rate 0 with resample", _set(features__sample_rate=0,
-                                            data__resample=True), 2,
-         "config.features.sample_rate=0"),
-    Case("type_id with eval ids lacking training clips",
-         _type_id_without_eval_training, 2,
-         "no training clips for fan/id_01"),
-    Case("model.frames longer than the clips", _short_clips_for_frames, 2,
-         "fewer than config.model.frames=41"),
-    Case("WAV data chunk cut short", _truncated_wav_data, 2, "truncated"),
-    Case("dangling symlink clip", _dangling_symlink_clip, 2,
-         "normal_id_00_00000099.wav"),
-    Case("stream chunk smaller than a batch", _stream_chunk_below_a_batch, 2,
-         "config.data.stream_chunk_clips=1"),
-    Case("truncated thresholds.json", _damaged_file("thresholds.json", None),
-         2, "thresholds.json: damaged"),
-    Case("truncated groups.json", _damaged_file("groups.json", None), 2,
-         "groups.json: damaged"),
-    Case("config.json holding {}", _damaged_file("config.json", "{}"), 2,
-         "config.json: damaged"),
-    Case("damaged thresholds.json found before training",
-         _damaged_file_before_training("thresholds.json"), 2,
-         "thresholds.json: damaged"),
-    Case("truncated checkpoint data", _truncated_checkpoint("data"), 2,
-         "checkpoints/2: the checkpoint is damaged"),
-    Case("truncated checkpoint _METADATA", _truncated_checkpoint("metadata"),
-         2, "checkpoints/2: the checkpoint is damaged"),
-    Case("NaN in the cached frames", _nan_in_cached_frames, 2,
-         "non-finite values in the cached frames"),
-    Case("dev id without anomalies", _dev_id_without_anomalies, 0,
-         "fan/id_02: every test clip has label 0"),
-    Case("eval ground truth with one label for an id", _eval_id_of_one_label,
-         0, "fan/id_01: every test clip has label 0"),
-    Case("--wav where every file fails", _wav_all_unreadable, 2,
-         "none of the 2 file(s) could be scored"),
-    Case("a second run on a workdir in use", _workdir_in_use, 2,
-         f"is in use by train.py (pid {os.getpid()} on host"),
-    Case("disk full while appending to metrics.jsonl", _metrics_disk_full, 2,
-         "metrics.jsonl"),
+  Case(
+    "threshold percentile of 100",
+    _set(score__threshold_percentile=100.0),
+    2,
+    "config.score.threshold_percentile=100.0",
+  ),
+  Case(
+    "hop_length of 0",
+    _set(features__hop_length=0),
+    2,
+    "config.features.hop_length=0",
+  ),
+  Case("n_fft of 0", _set(features__n_fft=0), 2, "config.features.n_fft=0"),
+  Case("power of 0", _set(features__power=0.0), 2, "config.features.power=0.0"),
+  Case(
+    "fmin at Nyquist",
+    _set(features__fmin=8000.0),
+    2,
+    "config.features.fmin=8000.0",
+  ),
+  Case(
+    "huge n_fft",
+    _set(features__n_fft=2**30),
+    2,
+    "config.features.n_fft=1073741824",
+  ),
+  Case(
+    "sample_rate 0 with resample",
+    _set(features__sample_rate=0, data__resample=True),
+    2,
+    "config.features.sample_rate=0",
+  ),
+  Case(
+    "type_id with eval ids lacking training clips",
+    _type_id_without_eval_training,
+    2,
+    "no training clips for fan/id_01",
+  ),
+  Case(
+    "model.frames longer than the clips",
+    _short_clips_for_frames,
+    2,
+    "fewer than config.model.frames=41",
+  ),
+  Case("WAV data chunk cut short", _truncated_wav_data, 2, "truncated"),
+  Case(
+    "dangling symlink clip",
+    _dangling_symlink_clip,
+    2,
+    "normal_id_00_00000099.wav",
+  ),
+  Case(
+    "stream chunk smaller than a batch",
+    _stream_chunk_below_a_batch,
+    2,
+    "config.data.stream_chunk_clips=1",
+  ),
+  Case(
+    "truncated thresholds.json",
+    _damaged_file("thresholds.json", None),
+    2,
+    "thresholds.json: damaged",
+  ),
+  Case(
+    "truncated groups.json",
+    _damaged_file("groups.json", None),
+    2,
+    "groups.json: damaged",
+  ),
+  Case(
+    "config.json holding {}",
+    _damaged_file("config.json", "{}"),
+    2,
+    "config.json: damaged",
+  ),
+  Case(
+    "damaged thresholds.json found before training",
+    _damaged_file_before_training("thresholds.json"),
+    2,
+    "thresholds.json: damaged",
+  ),
+  Case(
+    "truncated checkpoint data",
+    _truncated_checkpoint("data"),
+    2,
+    "checkpoints/2: the checkpoint is damaged",
+  ),
+  Case(
+    "truncated checkpoint _METADATA",
+    _truncated_checkpoint("metadata"),
+    2,
+    "checkpoints/2: the checkpoint is damaged",
+  ),
+  Case(
+    "NaN in the cached frames",
+    _nan_in_cached_frames,
+    2,
+    "non-finite values in the cached frames",
+  ),
+  Case(
+    "dev id without anomalies",
+    _dev_id_without_anomalies,
+    0,
+    "fan/id_02: every test clip has label 0",
+  ),
+  Case(
+    "eval ground truth with one label for an id",
+    _eval_id_of_one_label,
+    0,
+    "fan/id_01: every test clip has label 0",
+  ),
+  Case(
+    "--wav where every file fails",
+    _wav_all_unreadable,
+    2,
+    "none of the 2 file(s) could be scored",
+  ),
+  Case(
+    "a second run on a workdir in use",
+    _workdir_in_use,
+    2,
+    f"is in use by train.py (pid {os.getpid()} on host",
+  ),
+  Case(
+    "disk full while appending to metrics.jsonl",
+    _metrics_disk_full,
+    2,
+    "metrics.jsonl",
+  ),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_bad_input(case, tiny_config, tmp_path, trained, capsys, caplog,
-                   monkeypatch):
+def test_bad_input(
+  case, tiny_config, tmp_path, trained, capsys, caplog, monkeypatch
+):
   with contextlib.ExitStack() as stack:
     ctx = Context(tiny_config, tmp_path, trained, monkeypatch, stack)
     fn = case.run(ctx)
@@ -302,7 +398,7 @@ def test_bad_input(case, tiny_config, tmp_path, trained, capsys, caplog,
   assert "Traceback" not in stderr
   if case.code:
     lines = stderr.strip().splitlines()
-    error = [l for l in lines if l.startswith("error: ")]
+    error = [line for line in lines if line.startswith("error: ")]
     assert error, stderr
     assert case.message in stderr, stderr
   else:
@@ -310,17 +406,17 @@ def test_bad_input(case, tiny_config, tmp_path, trained, capsys, caplog,
   assert code == case.code, stderr
 
 
-
 def _best_equals_latest(workdir):
   config = workdir_files.load_config(workdir)
   groups = workdir_files.read_groups(workdir)
-  best = evaluation.load_weights(config, workdir, groups, "best")[1:3]
-  latest = evaluation.load_weights(config, workdir, groups, "latest")[1:3]
+  best = workdir_weights.load_weights(config, workdir, groups, "best")[1:3]
+  latest = workdir_weights.load_weights(config, workdir, groups, "latest")[1:3]
   chex.assert_trees_all_equal(best, latest)
 
 
 def test_group_of_one_training_clip_is_scored_with_trained_weights(
-    tiny_config, tmp_path, caplog):
+  tiny_config, tmp_path, caplog
+):
   """No clip is held out, so no selection happens: never the initialisation."""
   root = _private_data(tiny_config, tmp_path)
   for clip in sorted((root / "dev_data" / "fan" / "train").iterdir())[1:]:
@@ -330,21 +426,24 @@ def test_group_of_one_training_clip_is_scored_with_trained_weights(
   tiny_config.train.batch_size = 16
   train.train_and_evaluate(tiny_config, tmp_path / "run")
   assert "no model selection for fan/seed0: no training clip was held out" in (
-      caplog.text)
+    caplog.text
+  )
   _best_equals_latest(tmp_path / "run")
 
 
 def test_checkpoint_whose_best_is_the_initialisation_scores_the_latest(
-    tiny_config, tmp_path, monkeypatch):
+  tiny_config, tmp_path, monkeypatch
+):
   """A workdir written before "best" fell back to the latest weights."""
-  monkeypatch.setattr(train, "keep_best", lambda state, metric: state)
+  monkeypatch.setattr(steps, "keep_best", lambda state, metric: state)
   train.train_and_evaluate(tiny_config, tmp_path)
   monkeypatch.undo()
   _best_equals_latest(tmp_path)
 
 
 def test_failed_background_checkpoint_write_names_its_own_epoch(
-    tiny_config, tmp_path, monkeypatch):
+  tiny_config, tmp_path, monkeypatch
+):
   calls = []
 
   def fail_second_check(self):
@@ -352,14 +451,16 @@ def test_failed_background_checkpoint_write_names_its_own_epoch(
     if len(calls) == 2:  # At the save of epoch 2: epoch 1's write failed.
       raise OSError(errno.ENOSPC, "No space left on device")
 
-  monkeypatch.setattr(ocp.CheckpointManager, "check_for_errors",
-                      fail_second_check)
+  monkeypatch.setattr(
+    ocp.CheckpointManager, "check_for_errors", fail_second_check
+  )
   with pytest.raises(AeasdError, match=r"cannot write checkpoint 1 "):
     train.train_and_evaluate(tiny_config, tmp_path)
 
 
-def test_recording_names_cannot_forge_output_lines(trained, tiny_root,
-                                                   tmp_path, capsys):
+def test_recording_names_cannot_forge_output_lines(
+  trained, tiny_root, tmp_path, capsys
+):
   """Tabs and newlines in names are escaped; a dangling link is reported."""
   folder = tmp_path / "recordings"
   folder.mkdir()
@@ -370,7 +471,7 @@ def test_recording_names_cannot_forge_output_lines(trained, tiny_root,
   (folder / "broken\n.wav").write_text("not audio")
   (folder / "dangling.wav").symlink_to(tmp_path / "gone.wav")
   capsys.readouterr()
-  evaluation.score_recordings(trained, folder, machine_type="fan")
+  recordings.score_recordings(trained, folder, machine_type="fan")
   lines = capsys.readouterr().out.splitlines()
   assert len(lines) == 5
   fields = [line.split("\t") for line in lines]
@@ -378,10 +479,12 @@ def test_recording_names_cannot_forge_output_lines(trained, tiny_root,
   # start with a quote; any other name is printed as it is.
   shown = [json.loads(f[0]) if f[0].startswith('"') else f[0] for f in fields]
   assert sorted(shown) == sorted(
-      str(folder / name) for name in [*names, "broken\n.wav", "dangling.wav"])
+    str(folder / name) for name in [*names, "broken\n.wav", "dangling.wav"]
+  )
   assert sorted(len(f) for f in fields) == [3, 3, 4, 4, 4]
-  assert "dangling symbolic link" in lines[shown.index(
-      str(folder / "dangling.wav"))]
+  assert (
+    "dangling symbolic link" in lines[shown.index(str(folder / "dangling.wav"))]
+  )
 
 
 def test_csv_files_quote_a_comma_in_a_machine_type(tiny_config, tmp_path):
@@ -400,37 +503,56 @@ def test_csv_files_quote_a_comma_in_a_machine_type(tiny_config, tmp_path):
 
 def test_unknown_setting_names_close_matches():
   result = subprocess.run(
-      [sys.executable, "train.py", "--config=configs/idnn.py",
-       "--config.train.epoch=3"], cwd=REPO, capture_output=True, text=True,
-      env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=120)
+    [
+      sys.executable,
+      "train.py",
+      "--config=configs/idnn.py",
+      "--config.train.epoch=3",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    timeout=120,
+  )
   assert result.returncode == 2
   assert "Traceback" not in result.stderr
   assert result.stderr.strip().splitlines() == [
-      "error: --config.train.epoch: no such setting; close matches:"
-      " config.train.epochs, config.train.adam_eps, config.train"]
+    "error: --config.train.epoch: no such setting; close matches:"
+    " config.train.epochs, config.train.adam_eps, config.train"
+  ]
 
 
 def _metrics_epochs(workdir):
-  return [r["epoch"] for r in metric_log.read_records(workdir)
-          if "epoch" in r]
+  return [r["epoch"] for r in metric_log.read_records(workdir) if "epoch" in r]
 
 
 @pytest.mark.parametrize("presses", [1, 2])
 def test_ctrl_c_stops_cleanly_and_the_rerun_log_is_consistent(
-    presses, tiny_root, session_cache_dir, tmp_path):
+  presses, tiny_root, session_cache_dir, tmp_path
+):
   """Once: stop after the epoch, saved. Twice: stop now; resume from before."""
-  flags = [f"--config={REPO / 'configs' / 'ae.py'}",
-           f"--config.data.root={tiny_root}",
-           f"--config.data.cache_dir={session_cache_dir}",
-           "--config.compile_cache_dir=off", "--config.features.n_mels=16",
-           "--config.model.hidden=16", "--config.model.depth=1",
-           "--config.model.bottleneck=4", "--config.train.batch_size=64",
-           "--config.train.checkpoint_every=1000000",
-           f"--workdir={tmp_path}"]
+  flags = [
+    f"--config={REPO / 'configs' / 'ae.py'}",
+    f"--config.data.root={tiny_root}",
+    f"--config.data.cache_dir={session_cache_dir}",
+    "--config.compile_cache_dir=off",
+    "--config.features.n_mels=16",
+    "--config.model.hidden=16",
+    "--config.model.depth=1",
+    "--config.model.bottleneck=4",
+    "--config.train.batch_size=64",
+    "--config.train.checkpoint_every=1000000",
+    f"--workdir={tmp_path}",
+  ]
   child = subprocess.Popen(
-      [sys.executable, "train.py", *flags, "--config.train.epochs=1000000"],
-      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    [sys.executable, "train.py", *flags, "--config.train.epochs=1000000"],
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
   metrics = tmp_path / "metrics.jsonl"
   deadline = time.monotonic() + 120
   try:
@@ -450,20 +572,26 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_log_is_consistent(
   # A second press stops at once inside an epoch's computation, but only
   # marks the stop while a checkpoint is written; either is a clean stop.
   resumed_from = {
-      f"interrupted: stopped after epoch {done} as asked (Ctrl-C); rerun the"
-      " same command to resume from it": done,
-      f"interrupted: stopped during epoch {done + 1}; rerun the same command"
-      " to resume from the start: no checkpoint was saved yet": 0}[last]
+    f"interrupted: stopped after epoch {done} as asked (Ctrl-C); rerun the"
+    " same command to resume from it": done,
+    f"interrupted: stopped during epoch {done + 1}; rerun the same command"
+    " to resume from the start: no checkpoint was saved yet": 0,
+  }[last]
   if presses == 1:
     assert resumed_from == done
   rerun = subprocess.run(
-      [sys.executable, "train.py", *flags,
-       f"--config.train.epochs={done + 2}"], cwd=REPO, capture_output=True,
-      text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
+    [sys.executable, "train.py", *flags, f"--config.train.epochs={done + 2}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    timeout=300,
+  )
   assert rerun.returncode == 0, rerun.stderr[-2000:]
   assert _metrics_epochs(tmp_path) == list(range(1, done + 3))
   assert (f"resuming from epoch {resumed_from}" in rerun.stderr) == bool(
-      resumed_from)
+    resumed_from
+  )
 
 
 def test_second_ctrl_c_stops_at_once_only_inside_an_epoch(caplog):

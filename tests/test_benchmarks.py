@@ -16,9 +16,14 @@ BENCHMARKS = pathlib.Path(__file__).parents[1] / "benchmarks"
 
 
 def _run(script, *args, env=None):
-  return subprocess.run([sys.executable, str(BENCHMARKS / script), *args],
-                        capture_output=True, text=True, timeout=300,
-                        env=env, check=False)
+  return subprocess.run(
+    [sys.executable, str(BENCHMARKS / script), *args],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=env,
+    check=False,
+  )
 
 
 def test_train_speed_reports_sane_records(tmp_path):
@@ -27,13 +32,25 @@ def test_train_speed_reports_sane_records(tmp_path):
   hidden = tmp_path / "no_torch"
   hidden.mkdir()
   (hidden / "torch.py").write_text(
-      "raise ModuleNotFoundError('torch hidden by the test')\n")
-  env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-      filter(None, [str(hidden), os.environ.get("PYTHONPATH")]))}
+    "raise ModuleNotFoundError('torch hidden by the test')\n"
+  )
+  env = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(
+      filter(None, [str(hidden), os.environ.get("PYTHONPATH")])
+    ),
+  }
   out = tmp_path / "results.json"
-  result = _run("train_speed.py", "--quick", "--peer",
-                "--settings=AE:512:1x1,IDNN:256:2x2", "--clips_per_group=4",
-                "--repeats=2", f"--out={out}", env=env)
+  result = _run(
+    "train_speed.py",
+    "--quick",
+    "--peer",
+    "--settings=AE:512:1x1,IDNN:256:2x2",
+    "--clips_per_group=4",
+    "--repeats=2",
+    f"--out={out}",
+    env=env,
+  )
   assert result.returncode == 0, result.stderr
   assert "skipping the PyTorch peer" in result.stdout
   assert "M samp/s" in result.stdout
@@ -44,7 +61,9 @@ def test_train_speed_reports_sane_records(tmp_path):
   assert {"jax", "jaxlib", "flax", "optax"} <= set(header["versions"])
   records = results["records"]
   assert [(r["model"], r["batch_size"], r["models"]) for r in records] == [
-      ("AE", 512, 1), ("IDNN", 256, 4)]
+    ("AE", 512, 1),
+    ("IDNN", 256, 4),
+  ]
   for record in records:
     assert math.isfinite(record["samples_per_s"])
     assert record["samples_per_s"] > 0
@@ -62,8 +81,13 @@ def test_train_speed_reports_sane_records(tmp_path):
 
 def test_feature_speed_prints_clips_per_second(tmp_path):
   out = tmp_path / "features.json"
-  result = _run("feature_speed.py", "--quick", "--clips_per_id=1",
-                "--seconds=1", f"--out={out}")
+  result = _run(
+    "feature_speed.py",
+    "--quick",
+    "--clips_per_id=1",
+    "--seconds=1",
+    f"--out={out}",
+  )
   assert result.returncode == 0, result.stderr
   assert "cache build:" in result.stdout and "clips/s" in result.stdout
   results = json.loads(out.read_text())
@@ -77,18 +101,26 @@ def test_torch_peer_is_the_baseline_ae():
   pytest.importorskip("torch")
   # pylint: disable-next=g-import-not-at-top
   from benchmarks import peer_torch
+
   assert peer_torch.parameter_count(peer_torch.autoencoder()) == 267_928
-  assert peer_torch.measure(64, 2, "cpu", "eager", clips=1, repeats=1,
-                            warmup=1) > 0
+  assert (
+    peer_torch.measure(64, 2, "cpu", "eager", clips=1, repeats=1, warmup=1) > 0
+  )
   with pytest.raises(ValueError, match="CUDA"):
     peer_torch.measure(64, 2, "cpu", "cuda_graph")
 
 
 def test_stream_speed_reports_both_modes(tmp_path):
   out = tmp_path / "stream.json"
-  result = _run("stream_speed.py", "--groups=2", "--clips=6",
-                "--chunk_clips=2", "--batch_size=128", "--repeats=1",
-                f"--out={out}")
+  result = _run(
+    "stream_speed.py",
+    "--groups=2",
+    "--clips=6",
+    "--chunk_clips=2",
+    "--batch_size=128",
+    "--repeats=1",
+    f"--out={out}",
+  )
   assert result.returncode == 0, result.stderr
   assert "streamed / resident" in result.stdout
   records = json.loads(out.read_text())["records"]
@@ -117,12 +149,17 @@ def test_time_to_first_result_tells_cold_from_warm(tmp_path):
 def test_compile_log_matches_interleaved_lines_by_program():
   # pylint: disable-next=g-import-not-at-top
   from benchmarks import time_to_first_result
-  lines = [(0.0, text) for text in (
+
+  lines = [
+    (0.0, text)
+    for text in (
       "Compiling jit(init_state) with global shapes and types (a).",
       "Compiling jit(run_epoch) with global shapes and types (b).",
       "Persistent compilation cache hit for 'jit_run_epoch'",
       "Finished XLA compilation of jit(run_epoch) in 0.25 sec",
-      "Finished XLA compilation of jit(init_state) in 2.5 sec")]
+      "Finished XLA compilation of jit(init_state) in 2.5 sec",
+    )
+  ]
   log = time_to_first_result.compile_log(lines)
   hits = {p["name"]: p["cache_hit"] for p in log["programs"]}
   assert hits == {"jit(init_state)": False, "jit(run_epoch)": True}

@@ -23,9 +23,19 @@ from aeasd_jax.errors import AeasdError
 
 SR = 16000
 HOP = 512
-FEATURES = dict(sample_rate=SR, n_fft=1024, hop_length=HOP, n_mels=16,
-                power=2.0, htk=False, norm="slaney", pad_mode="constant",
-                log_floor=None, fmin=0.0, fmax=None)
+FEATURES = dict(
+  sample_rate=SR,
+  n_fft=1024,
+  hop_length=HOP,
+  n_mels=16,
+  power=2.0,
+  htk=False,
+  norm="slaney",
+  pad_mode="constant",
+  log_floor=None,
+  fmin=0.0,
+  fmax=None,
+)
 # Small batches and few threads keep every build to a compile or two.
 BUILD = dict(num_workers=2, batch_size=2, show_progress=False)
 
@@ -51,8 +61,9 @@ def _clips(tmp_path, seconds=(0.5, 0.5, 0.5)):
 
 
 def _key(clips, resample=False, params=None):
-  return cache.cache_key(clips, params or FEATURES,
-                         {"resample": bool(resample)})
+  return cache.cache_key(
+    clips, params or FEATURES, {"resample": bool(resample)}
+  )
 
 
 def _assert_nothing_left(cache_dir, key):
@@ -92,8 +103,10 @@ def test_frames_match_direct_log_mel(tmp_path):
   assert fc.bad_files == ()
   expected_lengths = [1 + int(round(s * SR)) // HOP for s in seconds]
   assert fc.lengths.tolist() == expected_lengths
-  assert fc.offsets.tolist() == np.concatenate(
-      [[0], np.cumsum(expected_lengths)[:-1]]).tolist()
+  assert (
+    fc.offsets.tolist()
+    == np.concatenate([[0], np.cumsum(expected_lengths)[:-1]]).tolist()
+  )
   assert fc.lengths.dtype == np.int64 and fc.offsets.dtype == np.int64
   assert fc.frames.shape == (sum(expected_lengths), FEATURES["n_mels"])
   assert fc.frames.dtype == np.float32
@@ -103,16 +116,18 @@ def test_frames_match_direct_log_mel(tmp_path):
 
 
 def test_frames_are_memory_mapped_read_only(tmp_path):
-  fc = cache.build_or_load(_clips(tmp_path), FEATURES, tmp_path / "cache",
-                           **BUILD)
+  fc = cache.build_or_load(
+    _clips(tmp_path), FEATURES, tmp_path / "cache", **BUILD
+  )
   assert isinstance(fc.frames, np.memmap)
   assert not fc.frames.flags.writeable
   assert os.path.samefile(fc.frames.filename, fc.directory / cache.FRAMES_FILE)
 
 
 def test_load_matches_build(tmp_path):
-  fc = cache.build_or_load(_clips(tmp_path), FEATURES, tmp_path / "cache",
-                           **BUILD)
+  fc = cache.build_or_load(
+    _clips(tmp_path), FEATURES, tmp_path / "cache", **BUILD
+  )
   again = cache.load(fc.directory)
   assert again.clips == fc.clips
   np.testing.assert_array_equal(again.frames, fc.frames)
@@ -158,8 +173,12 @@ def test_key_depends_on_every_input(tmp_path):
   key = _key(clips)
   assert _key(clips) == key
   assert _key(clips, resample=True) != key
-  for name, value in (("hop_length", 256), ("log_floor", 1e-10),
-                      ("pad_mode", "reflect"), ("fmax", 7000.0)):
+  for name, value in (
+    ("hop_length", 256),
+    ("log_floor", 1e-10),
+    ("pad_mode", "reflect"),
+    ("fmax", 7000.0),
+  ):
     assert _key(clips, params={**FEATURES, name: value}) != key, name
   assert _key(clips[:-1]) != key
   assert _key(clips[::-1]) != key  # Storage order is part of the cache.
@@ -194,8 +213,9 @@ def test_file_size_change_rebuilds(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("interrupt", [RuntimeError, KeyboardInterrupt])
-def test_interrupted_build_leaves_nothing_that_loads(tmp_path, monkeypatch,
-                                                     interrupt):
+def test_interrupted_build_leaves_nothing_that_loads(
+  tmp_path, monkeypatch, interrupt
+):
   # Two lengths, so log_mel is traced a second time after the first batch's
   # frames are already on disk: the build dies half way through.
   clips = _clips(tmp_path, (0.5, 0.5, 0.6))
@@ -222,8 +242,7 @@ def test_interrupted_build_leaves_nothing_that_loads(tmp_path, monkeypatch,
 def test_corrupt_index_fails_checksum(tmp_path, monkeypatch):
   clips = _clips(tmp_path)
   cache_dir = tmp_path / "cache"
-  directory = cache.build_or_load(clips, FEATURES, cache_dir,
-                                  **BUILD).directory
+  directory = cache.build_or_load(clips, FEATURES, cache_dir, **BUILD).directory
   index_path = directory / cache.INDEX_FILE
   index = json.loads(index_path.read_text())
   index["lengths"][0] += 1
@@ -238,17 +257,20 @@ def test_corrupt_index_fails_checksum(tmp_path, monkeypatch):
 
 
 def test_unreadable_index(tmp_path):
-  directory = cache.build_or_load(_clips(tmp_path), FEATURES,
-                                  tmp_path / "cache", **BUILD).directory
+  directory = cache.build_or_load(
+    _clips(tmp_path), FEATURES, tmp_path / "cache", **BUILD
+  ).directory
   (directory / cache.INDEX_FILE).write_text("{not json")
-  with pytest.raises(AeasdError,
-                     match=f"{re.escape(str(directory))}.*unreadable index"):
+  with pytest.raises(
+    AeasdError, match=f"{re.escape(str(directory))}.*unreadable index"
+  ):
     cache.load(directory)
 
 
 def test_index_for_another_key(tmp_path):
-  directory = cache.build_or_load(_clips(tmp_path), FEATURES,
-                                  tmp_path / "cache", **BUILD).directory
+  directory = cache.build_or_load(
+    _clips(tmp_path), FEATURES, tmp_path / "cache", **BUILD
+  ).directory
   moved = directory.with_name("0" * 20)
   directory.rename(moved)
   with pytest.raises(AeasdError, match=f"index is for key {directory.name}"):
@@ -257,8 +279,9 @@ def test_index_for_another_key(tmp_path):
 
 @pytest.mark.parametrize("damage", ["truncate", "extend", "delete"])
 def test_frames_file_size_is_checked(tmp_path, damage):
-  fc = cache.build_or_load(_clips(tmp_path), FEATURES, tmp_path / "cache",
-                           **BUILD)
+  fc = cache.build_or_load(
+    _clips(tmp_path), FEATURES, tmp_path / "cache", **BUILD
+  )
   frames_path = fc.directory / cache.FRAMES_FILE
   expected = int(fc.lengths.sum()) * FEATURES["n_mels"] * 4
   assert frames_path.stat().st_size == expected
@@ -270,8 +293,9 @@ def test_frames_file_size_is_checked(tmp_path, damage):
       f.write(b"\0" * 4)
   else:
     frames_path.unlink()
-  with pytest.raises(AeasdError, match=re.escape(
-      f"{frames_path}: expected {expected} bytes")):
+  with pytest.raises(
+    AeasdError, match=re.escape(f"{frames_path}: expected {expected} bytes")
+  ):
     cache.load(frames_path.parent)
 
 
@@ -282,8 +306,13 @@ def _bad_clips(tmp_path):
   text = folder / "normal_id_00_00000001.wav"
   text.write_text("not audio\n")
   short = _write_clip(folder, 3, seconds=0.01)  # Shorter than n_fft.
-  clips = [good[0], dcase.parse_clip(text, "fan", "train", "dev"), good[1],
-           short, good[2]]
+  clips = [
+    good[0],
+    dcase.parse_clip(text, "fan", "train", "dev"),
+    good[1],
+    short,
+    good[2],
+  ]
   return clips, good, [str(text), short.path]
 
 
@@ -303,8 +332,9 @@ def test_bad_files_stop_the_build_listing_all(tmp_path):
 def test_skip_bad_files_keeps_the_good_ones(tmp_path, caplog):
   clips, good, bad_paths = _bad_clips(tmp_path)
   cache_dir = tmp_path / "cache"
-  fc = cache.build_or_load(clips, FEATURES, cache_dir, skip_bad_files=True,
-                           **BUILD)
+  fc = cache.build_or_load(
+    clips, FEATURES, cache_dir, skip_bad_files=True, **BUILD
+  )
   assert fc.clips == tuple(good)
   assert fc.lengths.tolist() == [1 + SR // 2 // HOP] * 3
   assert len(fc.bad_files) == 2
@@ -323,8 +353,7 @@ def test_skipped_cache_does_not_hide_bad_files(tmp_path, monkeypatch):
   # skip_bad_files=False, as a fresh build would.
   clips, _, bad_paths = _bad_clips(tmp_path)
   cache_dir = tmp_path / "cache"
-  cache.build_or_load(clips, FEATURES, cache_dir, skip_bad_files=True,
-                      **BUILD)
+  cache.build_or_load(clips, FEATURES, cache_dir, skip_bad_files=True, **BUILD)
   monkeypatch.setattr(cache, "_compute_frames", _no_rebuild)
   with pytest.raises(AeasdError, match="skip_bad_files") as info:
     cache.build_or_load(clips, FEATURES, cache_dir, **BUILD)
@@ -336,8 +365,9 @@ def test_file_deleted_after_discovery_is_a_bad_file(tmp_path):
   os.remove(clips[1].path)
   with pytest.raises(AeasdError, match=re.escape(clips[1].path)):
     cache.build_or_load(clips, FEATURES, tmp_path / "cache", **BUILD)
-  fc = cache.build_or_load(clips, FEATURES, tmp_path / "cache",
-                           skip_bad_files=True, **BUILD)
+  fc = cache.build_or_load(
+    clips, FEATURES, tmp_path / "cache", skip_bad_files=True, **BUILD
+  )
   assert fc.clips == (clips[0], clips[2])
   assert fc.bad_files[0].startswith(clips[1].path)
 
@@ -345,8 +375,9 @@ def test_file_deleted_after_discovery_is_a_bad_file(tmp_path):
 def test_all_files_bad_with_skip_gives_a_consistent_empty_cache(tmp_path):
   folder = tmp_path / "data"
   clips = [_write_clip(folder, i, seconds=0.01) for i in range(2)]
-  fc = cache.build_or_load(clips, FEATURES, tmp_path / "cache",
-                           skip_bad_files=True, **BUILD)
+  fc = cache.build_or_load(
+    clips, FEATURES, tmp_path / "cache", skip_bad_files=True, **BUILD
+  )
   assert fc.clips == ()
   assert fc.frames.shape == (0, FEATURES["n_mels"])
   assert fc.offsets.shape == fc.lengths.shape == (0,)
@@ -358,8 +389,9 @@ def test_other_rate_needs_resample(tmp_path):
   clips = [_write_clip(folder, 0), _write_clip(folder, 1, rate=8000)]
   with pytest.raises(AeasdError, match="config.data.resample"):
     cache.build_or_load(clips, FEATURES, tmp_path / "cache", **BUILD)
-  fc = cache.build_or_load(clips, FEATURES, tmp_path / "cache",
-                           resample=True, **BUILD)
+  fc = cache.build_or_load(
+    clips, FEATURES, tmp_path / "cache", resample=True, **BUILD
+  )
   assert fc.lengths.tolist() == [1 + SR // 2 // HOP] * 2
 
 
@@ -370,18 +402,21 @@ def test_no_clips(tmp_path):
 
 def test_progress_line(tmp_path, capsys):
   clips = _clips(tmp_path)
-  cache.build_or_load(clips, FEATURES, tmp_path / "cache",
-                      **{**BUILD, "show_progress": True})
+  cache.build_or_load(
+    clips, FEATURES, tmp_path / "cache", **{**BUILD, "show_progress": True}
+  )
   assert f"feature cache: {len(clips)}/{len(clips)} clips" in (
-      capsys.readouterr().err)
+    capsys.readouterr().err
+  )
 
 
 def test_another_process_finishing_first(tmp_path, monkeypatch):
   # If an identical build lands while this one runs, the rename fails and
   # the finished cache is used.
   clips = _clips(tmp_path)
-  theirs = cache.build_or_load(clips, FEATURES, tmp_path / "a",
-                               **BUILD).directory
+  theirs = cache.build_or_load(
+    clips, FEATURES, tmp_path / "a", **BUILD
+  ).directory
   cache_dir = tmp_path / "b"
   real = cache._compute_frames
 
@@ -420,8 +455,9 @@ class _FullDisk:
     self._file.close()
 
 
-@pytest.mark.parametrize("filename,allowed", [(cache.FRAMES_FILE, 1),
-                                              (cache.INDEX_FILE, 0)])
+@pytest.mark.parametrize(
+  "filename,allowed", [(cache.FRAMES_FILE, 1), (cache.INDEX_FILE, 0)]
+)
 def test_disk_full(tmp_path, monkeypatch, filename, allowed):
   clips = _clips(tmp_path)
   cache_dir = tmp_path / "cache"
@@ -450,10 +486,12 @@ def test_truncated_and_dangling_files_are_bad_files(tmp_path):
   clips = _clips(tmp_path, (0.5, 0.5, 1.0))
   folder = pathlib.Path(clips[0].path).parent
   data = pathlib.Path(clips[2].path).read_bytes()
-  pathlib.Path(clips[2].path).write_bytes(data[:len(data) // 2])
+  pathlib.Path(clips[2].path).write_bytes(data[: len(data) // 2])
   (folder / "normal_id_00_00000009.wav").symlink_to(tmp_path / "gone.wav")
-  listed = [dcase.parse_clip(p, "fan", "train", "dev")
-            for p in dcase.audio_files(folder)]
+  listed = [
+    dcase.parse_clip(p, "fan", "train", "dev")
+    for p in dcase.audio_files(folder)
+  ]
   assert len(listed) == 4
   cache_dir = tmp_path / "cache"
   with pytest.raises(AeasdError) as info:
@@ -461,16 +499,20 @@ def test_truncated_and_dangling_files_are_bad_files(tmp_path):
   message = str(info.value)
   assert "2 bad audio file(s)" in message
   assert f"{clips[2].path}: truncated: the data chunk declares" in message
-  assert (f"{folder / 'normal_id_00_00000009.wav'}: dangling symbolic link"
-          f" to {tmp_path / 'gone.wav'}") in message
-  fc = cache.build_or_load(listed, FEATURES, cache_dir, skip_bad_files=True,
-                           **BUILD)
+  assert (
+    f"{folder / 'normal_id_00_00000009.wav'}: dangling symbolic link"
+    f" to {tmp_path / 'gone.wav'}"
+  ) in message
+  fc = cache.build_or_load(
+    listed, FEATURES, cache_dir, skip_bad_files=True, **BUILD
+  )
   assert fc.clips == tuple(clips[:2])
 
 
 @pytest.mark.parametrize("interrupt", [RuntimeError, KeyboardInterrupt])
-def test_progress_line_is_ended_when_the_build_stops(tmp_path, monkeypatch,
-                                                     capsys, interrupt):
+def test_progress_line_is_ended_when_the_build_stops(
+  tmp_path, monkeypatch, capsys, interrupt
+):
   # The last log-mel call comes after the line shows 3/3 clips, so the
   # failure lands while the line is still open.
   clips = _clips(tmp_path, (0.5, 0.5, 0.6))
@@ -485,8 +527,9 @@ def test_progress_line_is_ended_when_the_build_stops(tmp_path, monkeypatch,
 
   monkeypatch.setattr(features, "log_mel", failing_log_mel)
   with pytest.raises(interrupt, match="interrupted"):
-    cache.build_or_load(clips, FEATURES, tmp_path / "cache",
-                        **{**BUILD, "show_progress": True})
+    cache.build_or_load(
+      clips, FEATURES, tmp_path / "cache", **{**BUILD, "show_progress": True}
+    )
   err = capsys.readouterr().err
   assert "feature cache: 3/3 clips" in err
   assert err.endswith("\n")
@@ -497,8 +540,9 @@ def test_no_progress_line_no_newline(tmp_path, capsys):
   assert capsys.readouterr().err == ""
 
 
-def test_log_mel_calls_hold_at_most_batch_seconds_of_audio(tmp_path,
-                                                           monkeypatch):
+def test_log_mel_calls_hold_at_most_batch_seconds_of_audio(
+  tmp_path, monkeypatch
+):
   # A 2 s clip among 0.25 s ones, with a budget of 1 s a call: the short
   # clips go 4 to a call (batch_size), 0.3 s ones 3, the long one alone.
   seconds = (0.25,) * 5 + (2.0,) + (0.3,) * 4
@@ -511,8 +555,12 @@ def test_log_mel_calls_hold_at_most_batch_seconds_of_audio(tmp_path,
     return real_log_mel(y, **kwargs)
 
   monkeypatch.setattr(features, "log_mel", recording_log_mel)
-  fc = cache.build_or_load(clips, FEATURES, tmp_path / "cache",
-                           **{**BUILD, "batch_size": 4, "batch_seconds": 1.0})
+  fc = cache.build_or_load(
+    clips,
+    FEATURES,
+    tmp_path / "cache",
+    **{**BUILD, "batch_size": 4, "batch_seconds": 1.0},
+  )
   assert sorted(traced) == [(1, 2 * SR), (3, 4800), (4, 4000)]
   for i, clip in enumerate(clips):
     direct = np.asarray(_direct_log_mel(audio.read_audio(clip.path)))

@@ -19,21 +19,32 @@ REPO = pathlib.Path(__file__).parents[1]
 
 def _run(script, *args, check=True):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, str(REPO / script), *args],
-                          capture_output=True, text=True, env=env, cwd=REPO,
-                          timeout=300)
+  result = subprocess.run(
+    [sys.executable, str(REPO / script), *args],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=REPO,
+    timeout=300,
+  )
   if check and result.returncode:
     raise AssertionError(f"{script} failed:\n{result.stderr[-3000:]}")
   return result
 
 
 def _tiny_flags(root, cache):
-  return [f"--config={REPO / 'configs' / 'idnn.py'}",
-          f"--config.data.root={root}", f"--config.data.cache_dir={cache}",
-          "--config.features.n_mels=16", "--config.model.hidden=16",
-          "--config.model.depth=1", "--config.model.bottleneck=4",
-          "--config.train.epochs=2", "--config.train.batch_size=64",
-          "--config.score.batch_windows=256"]
+  return [
+    f"--config={REPO / 'configs' / 'idnn.py'}",
+    f"--config.data.root={root}",
+    f"--config.data.cache_dir={cache}",
+    "--config.features.n_mels=16",
+    "--config.model.hidden=16",
+    "--config.model.depth=1",
+    "--config.model.bottleneck=4",
+    "--config.train.epochs=2",
+    "--config.train.batch_size=64",
+    "--config.score.batch_windows=256",
+  ]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +63,7 @@ def _timing(workdir):
 
 def test_every_run_prints_the_time_breakdown(cli_runs):
   _, first, _ = cli_runs
-  time_line = [l for l in first.stderr.splitlines() if " time: " in l]
+  time_line = [line for line in first.stderr.splitlines() if " time: " in line]
   assert len(time_line) == 1
   for phase in ("features", "compile", "train", "checkpoint", "total"):
     assert phase in time_line[0]
@@ -71,12 +82,15 @@ def test_evaluate_prints_the_table(cli_runs):
   assert (base / "second" / "results" / "result.csv").exists()
 
 
-@pytest.mark.parametrize("flag,message", [
+@pytest.mark.parametrize(
+  "flag,message",
+  [
     ("--config.data.root=/no/such/folder", "config.data.root=/no/such/folder"),
     ("--config.train.batch_size=0", "config.train.batch_size=0"),
     ("--config.model.name=GAN", "config.model.name='GAN'"),
     ("--config.train.batch_size=100000", "fewer than config.train.batch_size"),
-])
+  ],
+)
 def test_train_errors_are_one_line(cli_runs, flag, message, tmp_path):
   base, _, _ = cli_runs
   flags = _tiny_flags(base / "unused", base / "cache")
@@ -96,16 +110,20 @@ def _root_of(workdir):
 def test_wrong_type_on_the_command_line_is_a_flag_error(cli_runs, tmp_path):
   base, _, _ = cli_runs
   flags = _tiny_flags(_root_of(base / "first"), base / "cache")
-  result = _run("train.py", *flags, "--config.train.epochs=ten",
-                f"--workdir={tmp_path}", check=False)
+  result = _run(
+    "train.py",
+    *flags,
+    "--config.train.epochs=ten",
+    f"--workdir={tmp_path}",
+    check=False,
+  )
   assert result.returncode != 0
   assert "Traceback" not in result.stderr
   assert "epochs" in result.stderr
 
 
 def test_evaluate_errors_are_one_line(tmp_path):
-  result = _run("evaluate.py", f"--workdir={tmp_path / 'missing'}",
-                check=False)
+  result = _run("evaluate.py", f"--workdir={tmp_path / 'missing'}", check=False)
   assert result.returncode == 2
   assert "Traceback" not in result.stderr
   assert "config.json" in result.stderr.strip().splitlines()[-1]

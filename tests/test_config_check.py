@@ -13,9 +13,11 @@ from configs import default
 
 NAN, INF = math.nan, math.inf
 
-_CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).parents[1] /
-                                   "configs").glob("*.py")
-                  if p.stem != "__init__")
+_CONFIGS = sorted(
+  p.stem
+  for p in (pathlib.Path(__file__).parents[1] / "configs").glob("*.py")
+  if p.stem != "__init__"
+)
 
 
 def _set(config, setting, value):
@@ -28,17 +30,21 @@ def _set(config, setting, value):
   section, key = setting.split(".")
   with config.ignore_type():
     config[section] = ml_collections.ConfigDict(
-        {**config[section].to_dict(), key: value})
+      {**config[section].to_dict(), key: value}
+    )
   return config
 
 
 @pytest.mark.parametrize("name", _CONFIGS)
 def test_shipped_configs_pass(name):
   config_check.check_config(
-      importlib.import_module(f"configs.{name}").get_config())
+    importlib.import_module(f"configs.{name}").get_config()
+  )
 
 
-@pytest.mark.parametrize("setting,value,expected", [
+@pytest.mark.parametrize(
+  "setting,value,expected",
+  [
     # Feature settings, checked before any clip is cached.
     ("features.hop_length", 0, "an integer in [1, 1024] (at most n_fft"),
     ("features.hop_length", -512, "an integer in [1, 1024]"),
@@ -121,7 +127,8 @@ def test_shipped_configs_pass(name):
     ("train.batch_size", True, "a positive integer"),
     ("model.name", ["AE"], "one of"),
     ("score.pooling", None, "one of"),
-])
+  ],
+)
 def test_bad_setting_is_named(setting, value, expected):
   config = _set(default.get_config(), setting, value)
   with pytest.raises(AeasdError) as info:
@@ -134,12 +141,17 @@ def test_bad_setting_is_named(setting, value, expected):
 def test_unknown_feature_setting_is_named():
   config = default.get_config()
   config.features.nfft = 512
-  with pytest.raises(AeasdError, match=r"^config\.features\.nfft: not a"
-                     r" log-mel setting; expected only \['sample_rate'"):
+  with pytest.raises(
+    AeasdError,
+    match=r"^config\.features\.nfft: not a"
+    r" log-mel setting; expected only \['sample_rate'",
+  ):
     config_check.check_config(config)
 
 
-@pytest.mark.parametrize("setting,value", [
+@pytest.mark.parametrize(
+  "setting,value",
+  [
     ("features.sample_rate", 16000.0),
     ("features.sample_rate", 22050),
     ("features.n_fft", 65536),
@@ -165,7 +177,8 @@ def test_unknown_feature_setting_is_named():
     ("model.beta", 0.0),
     ("score.gwrp_decay", 0.0),
     ("synth.seconds", 600),
-])
+  ],
+)
 def test_edge_values_are_accepted(setting, value):
   config = _set(default.get_config(), setting, value)
   if setting == "features.n_mels":

@@ -27,13 +27,16 @@ def _make_layout(root, files):
 
 
 def _minimal(root, machine_type="fan", dev_id="00", eval_id=None):
-  files = [f"dev_data/{machine_type}/train/normal_id_{dev_id}_00000000.wav",
-           f"dev_data/{machine_type}/test/normal_id_{dev_id}_00000000.wav",
-           f"dev_data/{machine_type}/test/anomaly_id_{dev_id}_00000000.wav"]
+  files = [
+    f"dev_data/{machine_type}/train/normal_id_{dev_id}_00000000.wav",
+    f"dev_data/{machine_type}/test/normal_id_{dev_id}_00000000.wav",
+    f"dev_data/{machine_type}/test/anomaly_id_{dev_id}_00000000.wav",
+  ]
   if eval_id is not None:
     files += [
-        f"eval_data/{machine_type}/train/normal_id_{eval_id}_00000000.wav",
-        f"eval_data/{machine_type}/test/id_{eval_id}_00000000.wav"]
+      f"eval_data/{machine_type}/train/normal_id_{eval_id}_00000000.wav",
+      f"eval_data/{machine_type}/test/id_{eval_id}_00000000.wav",
+    ]
   return _make_layout(root, files)
 
 
@@ -45,8 +48,17 @@ def _raises(*patterns):
 
 def _relative(clips, root):
   """Each clip with its path cut to <type>/<split>/<name>, to compare roots."""
-  return [(os.path.relpath(c.path, root).split(os.sep)[1:], c.machine_type,
-           c.machine_id, c.label, c.split, c.section) for c in clips]
+  return [
+    (
+      os.path.relpath(c.path, root).split(os.sep)[1:],
+      c.machine_type,
+      c.machine_id,
+      c.label,
+      c.split,
+      c.section,
+    )
+    for c in clips
+  ]
 
 
 def test_discover_tiny_root(tiny_root):
@@ -61,8 +73,10 @@ def test_discover_tiny_root(tiny_root):
     assert clip.name == path.name
     assert clip.split == path.parent.name
     assert clip.machine_type == path.parent.parent.name
-    assert path.parent.parent.parent.name == {
-        "dev": "dev_data", "eval": "eval_data"}[clip.section]
+    assert (
+      path.parent.parent.parent.name
+      == {"dev": "dev_data", "eval": "eval_data"}[clip.section]
+    )
     assert re.fullmatch(r"id_\d\d", clip.machine_id)
     assert clip.machine_id in clip.name
     if clip.name.startswith("normal_"):
@@ -79,19 +93,27 @@ def test_discover_tiny_root(tiny_root):
     seen[c.machine_type].add((c.section, c.split, c.label))
   for machine_type in synth.MACHINE_TYPES:
     assert seen[machine_type] == {
-        ("dev", "train", 0), ("dev", "test", 0), ("dev", "test", 1),
-        ("eval", "train", 0), ("eval", "test", dcase.UNLABELLED)}
+      ("dev", "train", 0),
+      ("dev", "test", 0),
+      ("dev", "test", 1),
+      ("eval", "train", 0),
+      ("eval", "test", dcase.UNLABELLED),
+    }
   ids = {(c.section, c.machine_id) for c in clips}
-  assert ids == ({("dev", f"id_{i:02d}") for i in synth.DEV_IDS} |
-                 {("eval", f"id_{i:02d}") for i in synth.EVAL_IDS})
+  assert ids == (
+    {("dev", f"id_{i:02d}") for i in synth.DEV_IDS}
+    | {("eval", f"id_{i:02d}") for i in synth.EVAL_IDS}
+  )
 
 
 def test_discover_order_is_sorted(tiny_root):
   clips = dcase.discover(tiny_root)
   section_rank = {"dev": 0, "eval": 1}
   split_rank = {"train": 0, "test": 1}
-  keys = [(section_rank[c.section], c.machine_type, split_rank[c.split],
-           c.name) for c in clips]
+  keys = [
+    (section_rank[c.section], c.machine_type, split_rank[c.split], c.name)
+    for c in clips
+  ]
   assert keys == sorted(keys)
 
 
@@ -107,7 +129,8 @@ def test_discover_ignores_repeated_and_reordered_types(tiny_root):
   # A type named twice must not list its clips twice.
   types = tuple(reversed(synth.MACHINE_TYPES)) + synth.MACHINE_TYPES[:1]
   assert dcase.discover(tiny_root, machine_types=types) == dcase.discover(
-      tiny_root)
+    tiny_root
+  )
 
 
 def test_machine_types_in(tiny_root, tmp_path):
@@ -139,14 +162,22 @@ def test_ae_asd_folder_names(tiny_root, tmp_path):
 
 def test_flac_and_uppercase_suffixes_count_others_do_not(tmp_path):
   root = _minimal(tmp_path / "root")
-  _make_layout(root, ["dev_data/fan/train/normal_id_00_00000001.flac",
-                      "dev_data/fan/train/normal_id_00_00000002.WAV",
-                      "dev_data/fan/train/notes.txt",
-                      "dev_data/fan/train/normal_id_00_00000003.wav.bak"])
+  _make_layout(
+    root,
+    [
+      "dev_data/fan/train/normal_id_00_00000001.flac",
+      "dev_data/fan/train/normal_id_00_00000002.WAV",
+      "dev_data/fan/train/notes.txt",
+      "dev_data/fan/train/normal_id_00_00000003.wav.bak",
+    ],
+  )
   (root / "dev_data/fan/train/normal_id_00_00000004.wav").mkdir()
   names = [c.name for c in dcase.discover(root) if c.split == "train"]
-  assert names == ["normal_id_00_00000000.wav", "normal_id_00_00000001.flac",
-                   "normal_id_00_00000002.WAV"]
+  assert names == [
+    "normal_id_00_00000000.wav",
+    "normal_id_00_00000001.flac",
+    "normal_id_00_00000002.WAV",
+  ]
 
 
 def test_missing_root(tmp_path):
@@ -171,8 +202,11 @@ def test_root_without_dev_data(tmp_path):
 def test_missing_type_lists_found_types(tmp_path):
   root = _minimal(tmp_path, "fan")
   _minimal(root, "valve")
-  with _raises(re.escape(str(root / "dev_data")), "pump",
-               re.escape("found ['fan', 'valve']")):
+  with _raises(
+    re.escape(str(root / "dev_data")),
+    "pump",
+    re.escape("found ['fan', 'valve']"),
+  ):
     dcase.discover(root, machine_types=("fan", "pump"))
 
 
@@ -188,8 +222,11 @@ def test_empty_train_folder(tmp_path):
   folder = root / "dev_data" / "fan" / "train"
   for f in folder.iterdir():
     f.unlink()
-  with _raises(re.escape(str(folder)), r"no \.wav or \.flac files",
-               "expected the train clips of fan"):
+  with _raises(
+    re.escape(str(folder)),
+    r"no \.wav or \.flac files",
+    "expected the train clips of fan",
+  ):
     dcase.discover(root)
 
 
@@ -206,8 +243,11 @@ def test_file_name_without_id(tmp_path):
   root = _minimal(tmp_path)
   bad = _make_layout(root, ["dev_data/fan/train/normal_00000000.wav"])
   path = bad / "dev_data/fan/train/normal_00000000.wav"
-  with _raises(re.escape(str(path)), "cannot parse the file name",
-               "expected normal_id_XX_########"):
+  with _raises(
+    re.escape(str(path)),
+    "cannot parse the file name",
+    "expected normal_id_XX_########",
+  ):
     dcase.discover(root)
 
 
@@ -219,14 +259,19 @@ def test_duplicate_ids_across_dev_and_eval(tmp_path):
   # The same id under different machine types is no clash.
   valve_only = dcase.discover(root, machine_types=("valve",))
   assert {(c.section, c.machine_id) for c in valve_only} == {
-      ("dev", "id_00"), ("eval", "id_01")}
+    ("dev", "id_00"),
+    ("eval", "id_01"),
+  }
 
 
 def test_eval_folder_absent_gives_dev_only(tmp_path):
   root = _minimal(tmp_path)
   clips = dcase.discover(root)
   assert [(c.section, c.split, c.label) for c in clips] == [
-      ("dev", "train", 0), ("dev", "test", 1), ("dev", "test", 0)]
+    ("dev", "train", 0),
+    ("dev", "test", 1),
+    ("dev", "test", 0),
+  ]
 
 
 def test_eval_type_absent_is_skipped(tmp_path):
@@ -235,18 +280,26 @@ def test_eval_type_absent_is_skipped(tmp_path):
   clips = dcase.discover(root)
   assert {c.machine_type for c in clips if c.section == "eval"} == {"fan"}
   assert {c.machine_type for c in clips if c.section == "dev"} == {
-      "fan", "valve"}
+    "fan",
+    "valve",
+  }
 
 
 def test_parse_clip_labelled():
-  clip = dcase.parse_clip("/d/fan/test/anomaly_id_06_00000123.wav", "fan",
-                          "test", "dev")
-  assert clip == dcase.Clip("/d/fan/test/anomaly_id_06_00000123.wav", "fan",
-                            "id_06", 1, "test", "dev")
-  clip = dcase.parse_clip(pathlib.Path("/d/normal_id_1_7.flac"), "pump",
-                          "train", "eval")
+  clip = dcase.parse_clip(
+    "/d/fan/test/anomaly_id_06_00000123.wav", "fan", "test", "dev"
+  )
+  assert clip == dcase.Clip(
+    "/d/fan/test/anomaly_id_06_00000123.wav", "fan", "id_06", 1, "test", "dev"
+  )
+  clip = dcase.parse_clip(
+    pathlib.Path("/d/normal_id_1_7.flac"), "pump", "train", "eval"
+  )
   assert (clip.path, clip.machine_id, clip.label) == (
-      "/d/normal_id_1_7.flac", "id_1", 0)
+    "/d/normal_id_1_7.flac",
+    "id_1",
+    0,
+  )
   assert isinstance(clip.path, str)
 
 
@@ -256,16 +309,22 @@ def test_parse_clip_unlabelled_only_in_eval_test():
   # Labelled names are taken at their word even in the eval test set.
   clip = dcase.parse_clip("anomaly_id_03_00000000.wav", "fan", "test", "eval")
   assert clip.label == 1
-  for split, section in (("test", "dev"), ("train", "eval"),
-                         ("train", "dev")):
+  for split, section in (("test", "dev"), ("train", "eval"), ("train", "dev")):
     with _raises("id_03_00000000.wav", "expected normal_id_XX"):
       dcase.parse_clip("id_03_00000000.wav", "fan", split, section)
 
 
-@pytest.mark.parametrize("name", [
-    "normal_00000000.wav", "abnormal_id_00_00000000.wav",
-    "normal_id_00.wav", "normal_id_xx_00000000.wav",
-    "normal_id_00_00000000_extra.wav", "Normal_id_00_00000000.wav"])
+@pytest.mark.parametrize(
+  "name",
+  [
+    "normal_00000000.wav",
+    "abnormal_id_00_00000000.wav",
+    "normal_id_00.wav",
+    "normal_id_xx_00000000.wav",
+    "normal_id_00_00000000_extra.wav",
+    "Normal_id_00_00000000.wav",
+  ],
+)
 def test_parse_clip_rejects(name):
   with _raises(re.escape(name), "cannot parse", "expected"):
     dcase.parse_clip(name, "fan", "train", "dev")
@@ -279,11 +338,18 @@ def test_audio_files_lists_dangling_links_but_no_folders(tmp_path):
   (folder / "dirlink.wav").symlink_to(folder / "dir.wav")
   (folder / "loop.flac").symlink_to(folder / "loop.flac")
   assert dcase.audio_files(folder) == [
-      folder / "a.wav", folder / "b.wav", folder / "c.FLAC",
-      folder / "loop.flac"]
+    folder / "a.wav",
+    folder / "b.wav",
+    folder / "c.FLAC",
+    folder / "loop.flac",
+  ]
   assert dcase.audio_files(folder, recursive=True) == [
-      folder / "a.wav", folder / "b.wav", folder / "c.FLAC",
-      folder / "deep" / "d.wav", folder / "loop.flac"]
+    folder / "a.wav",
+    folder / "b.wav",
+    folder / "c.FLAC",
+    folder / "deep" / "d.wav",
+    folder / "loop.flac",
+  ]
 
 
 def test_discover_keeps_a_dangling_link_for_the_bad_file_report(tmp_path):

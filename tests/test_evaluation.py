@@ -14,18 +14,25 @@ import scipy.stats
 from sklearn import metrics as sk_metrics
 
 import helpers
-from aeasd_jax import data
 from aeasd_jax import dataset
 from aeasd_jax import evaluation
+from aeasd_jax import group_scoring
 from aeasd_jax import metric_log
+from aeasd_jax import recordings
 from aeasd_jax import results
 from aeasd_jax import scoring
 from aeasd_jax import train
+from aeasd_jax import window_data
 from aeasd_jax import workdir_files
+from aeasd_jax import workdir_weights
 from aeasd_jax.errors import AeasdError
 
-GROUND_TRUTH = (pathlib.Path(__file__).parents[2] / "shared" / "reference" /
-                "eval_data_list.csv")
+GROUND_TRUTH = (
+  pathlib.Path(__file__).parents[2]
+  / "shared"
+  / "reference"
+  / "eval_data_list.csv"
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +45,8 @@ def trained(tmp_path_factory, tiny_root, session_cache_dir):
   workdir = tmp_path_factory.mktemp("run")
   train.train_and_evaluate(config, workdir)
   report = evaluation.evaluate(
-      workdir, eval_ground_truth=tiny_root / "eval_data_list.csv")
+    workdir, eval_ground_truth=tiny_root / "eval_data_list.csv"
+  )
   return config, workdir, report
 
 
@@ -53,15 +61,17 @@ def test_result_csv_equals_sklearn_on_the_written_scores(trained):
   for machine_type, by_id in table.items():
     for machine_id, (auc, pauc) in by_id.items():
       scores = results.read_scores(
-          workdir / "results" / results.score_csv_name(machine_type,
-                                                       machine_id))
+        workdir / "results" / results.score_csv_name(machine_type, machine_id)
+      )
       names = sorted(scores)
       labels = _labels_from_names(names)
       values = [scores[n] for n in names]
-      assert auc == pytest.approx(sk_metrics.roc_auc_score(labels, values),
-                                  abs=1e-12)
+      assert auc == pytest.approx(
+        sk_metrics.roc_auc_score(labels, values), abs=1e-12
+      )
       assert pauc == pytest.approx(
-          sk_metrics.roc_auc_score(labels, values, max_fpr=0.1), abs=1e-12)
+        sk_metrics.roc_auc_score(labels, values, max_fpr=0.1), abs=1e-12
+      )
   per_type = [np.mean(list(b.values()), axis=0) for b in table.values()]
   np.testing.assert_allclose(overall, np.mean(per_type, axis=0), atol=1e-12)
 
@@ -90,8 +100,9 @@ def test_score_files_cover_every_test_clip_sorted(trained, tiny_root):
     ids = sorted({"_".join(n.split("_")[1:3]) for n in wavs})
     written = []
     for machine_id in ids:
-      path = workdir / "results" / results.score_csv_name(machine_type,
-                                                          machine_id)
+      path = (
+        workdir / "results" / results.score_csv_name(machine_type, machine_id)
+      )
       rows = [r[0] for r in csv.reader(open(path))]
       assert rows == sorted(rows)
       written += rows
@@ -104,7 +115,8 @@ def test_eval_set_scores_match_the_ground_truth_list(trained, tiny_root):
   for machine_type, labels in truth.items():
     written = {}
     for path in (workdir / "results" / "eval").glob(
-        f"anomaly_score_{machine_type}_id_*.csv"):
+      f"anomaly_score_{machine_type}_id_*.csv"
+    ):
       written.update(results.read_scores(path))
     assert sorted(written) == sorted(labels)
   assert report["eval"].keys() == truth.keys()
@@ -115,13 +127,19 @@ def test_seed_ensemble_is_the_mean_of_seed_scores(trained):
   config, workdir, report = trained
   assert len(report["seeds"]) == config.train.num_seeds
   features, groups = dataset.load(config, show_progress=False)
-  setup, params, batch_stats, _ = evaluation.load_weights(
-      config, workdir, [g.name for g in groups], "best")
-  per_seed = evaluation.score_groups(
-      config, features, setup, params, batch_stats,
-      [evaluation.dev_test_clips(features, g) for g in groups])
+  setup, params, batch_stats, _ = workdir_weights.load_weights(
+    config, workdir, [g.name for g in groups], "best"
+  )
+  per_seed = group_scoring.score_groups(
+    config,
+    features,
+    setup,
+    params,
+    batch_stats,
+    [group_scoring.dev_test_clips(features, g) for g in groups],
+  )
   group = groups[0]
-  clips = evaluation.dev_test_clips(features, group)
+  clips = group_scoring.dev_test_clips(features, group)
   written = {}
   for path in (workdir / "results").glob(f"anomaly_score_{group.name}_*.csv"):
     written.update(results.read_scores(path))
@@ -135,17 +153,24 @@ def test_real_ground_truth_list_parses():
     pytest.skip("../shared/reference/eval_data_list.csv is not beside the repo")
   truth = results.read_ground_truth(GROUND_TRUTH)
   # Eval test normal/anomaly counts from ../shared/reference/ANCHORS.md.
-  expected = {"ToyCar": (750, 795), "ToyConveyor": (600, 1065),
-              "fan": (309, 1033), "pump": (300, 477), "slider": (300, 534),
-              "valve": (300, 640)}
+  expected = {
+    "ToyCar": (750, 795),
+    "ToyConveyor": (600, 1065),
+    "fan": (309, 1033),
+    "pump": (300, 477),
+    "slider": (300, 534),
+    "valve": (300, 640),
+  }
   for machine_type, (normal, anomaly) in expected.items():
     labels = np.asarray(list(truth[machine_type].values()))
     assert (np.sum(labels == 0), np.sum(labels == 1)) == (normal, anomaly)
 
 
 def test_result_csv_round_trip(tmp_path):
-  table = {"fan": {"id_00": (0.75, 0.6), "id_02": (0.5, 0.55)},
-           "valve": {"id_01": (1.0, 1.0)}}
+  table = {
+    "fan": {"id_00": (0.75, 0.6), "id_02": (0.5, 0.55)},
+    "valve": {"id_01": (1.0, 1.0)},
+  }
   results.write_result_csv(tmp_path / "r.csv", table)
   read, overall = results.read_result_csv(tmp_path / "r.csv")
   assert read == table
@@ -156,31 +181,44 @@ def test_result_csv_round_trip(tmp_path):
 def test_ragged_clip_scores_equal_scoring_each_clip_alone(trained):
   config, workdir, _ = trained
   features, groups = dataset.load(config, show_progress=False)
-  setup, params, batch_stats, _ = evaluation.load_weights(
-      config, workdir, [g.name for g in groups], "latest")
+  setup, params, batch_stats, _ = workdir_weights.load_weights(
+    config, workdir, [g.name for g in groups], "latest"
+  )
   clips = list(groups[0].test_clips[:3])
   # Make the lengths ragged: score a shortened copy of the first clip too.
   lengths = features.lengths.copy()
   lengths[clips[0]] -= 7
-  ragged = features.__class__(features.directory, features.frames,
-                              features.clips, features.offsets, lengths, ())
+  ragged = features.__class__(
+    features.directory,
+    features.frames,
+    features.clips,
+    features.offsets,
+    lengths,
+    (),
+  )
   for pooling in scoring.POOLINGS:
     config.score.pooling = pooling
     # One clip list per model: every model scores the clips, half reversed.
-    orders = [clips if m % 2 else clips[::-1]
-              for m in range(len(setup.model_names))]
-    together = evaluation.score_models(config, ragged, setup, params,
-                                       batch_stats, orders)
+    orders = [
+      clips if m % 2 else clips[::-1] for m in range(len(setup.model_names))
+    ]
+    together = group_scoring.score_models(
+      config, ragged, setup, params, batch_stats, orders
+    )
     for m, order in enumerate(orders):
       model = jax.tree.map(lambda x, m=m: x[m], (params, batch_stats))
       for c, score in zip(order, together[m]):
         frames = ragged.clip_frames(c)
         starts = jnp.arange(len(frames) - 4)
         errors = scoring.vector_errors(
-            setup.graphdef, *model, data.gather_windows(
-                jnp.asarray(frames), starts, 5), setup.interpolate)
-        expected = _numpy_pool(np.asarray(errors, np.float64), pooling,
-                               config.score.gwrp_decay)
+          setup.graphdef,
+          *model,
+          window_data.gather_windows(jnp.asarray(frames), starts, 5),
+          setup.interpolate,
+        )
+        expected = _numpy_pool(
+          np.asarray(errors, np.float64), pooling, config.score.gwrp_decay
+        )
         # Float32 summed in other orders. To first order each of the 6 dense
         # layers' sums of <= 64 products errs by 64 u relative to the dB
         # features' scale (|x| <= 100); a vector's squared error e moves by
@@ -188,7 +226,8 @@ def test_ragged_clip_scores_equal_scoring_each_clip_alone(trained):
         # sqrt(score) (Cauchy-Schwarz), plus 64 u for pooling <= 64 windows.
         u = np.finfo(np.float32).eps / 2
         assert score == pytest.approx(
-            expected, rel=2 * 6 * 64 * u * 100 / np.sqrt(expected) + 64 * u)
+          expected, rel=2 * 6 * 64 * u * 100 / np.sqrt(expected) + 64 * u
+        )
 
 
 def _numpy_pool(errors, pooling, decay):
@@ -212,8 +251,9 @@ def test_gamma_threshold_recovers_the_percentile():
   rng = np.random.default_rng(0)
   samples = scipy.stats.gamma.rvs(3.0, scale=2.0, size=4000, random_state=rng)
   expected = scipy.stats.gamma.ppf(0.9, 3.0, scale=2.0)
-  assert evaluation.fit_threshold(samples, 90) == pytest.approx(expected,
-                                                                rel=0.05)
+  assert group_scoring.fit_threshold(samples, 90) == pytest.approx(
+    expected, rel=0.05
+  )
 
 
 def test_decisions_and_thresholds_are_written(trained):
@@ -226,8 +266,9 @@ def test_decisions_and_thresholds_are_written(trained):
   assert (workdir / workdir_files.THRESHOLDS_FILE).exists()
 
 
-def test_new_recordings_are_scored_and_bad_files_reported(trained, tiny_root,
-                                                          tmp_path, capsys):
+def test_new_recordings_are_scored_and_bad_files_reported(
+  trained, tiny_root, tmp_path, capsys
+):
   _, workdir, _ = trained
   folder = tmp_path / "recordings"
   folder.mkdir()
@@ -235,7 +276,7 @@ def test_new_recordings_are_scored_and_bad_files_reported(trained, tiny_root,
   for source in sources[:3]:
     (folder / source.name).write_bytes(source.read_bytes())
   (folder / "broken.wav").write_text("not audio")
-  rows = evaluation.score_recordings(workdir, folder, machine_type="valve")
+  rows = recordings.score_recordings(workdir, folder, machine_type="valve")
   by_name = {pathlib.Path(r["path"]).name: r for r in rows}
   assert "error" in by_name["broken.wav"]
   assert "broken.wav" in by_name["broken.wav"]["error"]
@@ -254,9 +295,9 @@ def test_new_recordings_need_a_known_machine_type(trained, tiny_root):
   _, workdir, _ = trained
   wav = next((tiny_root / "dev_data" / "fan" / "test").glob("*.wav"))
   with pytest.raises(AeasdError, match=r"--machine_type=None: expected one"):
-    evaluation.score_recordings(workdir, wav)
+    recordings.score_recordings(workdir, wav)
   with pytest.raises(AeasdError, match=r"--machine_type=pump"):
-    evaluation.score_recordings(workdir, wav, machine_type="pump")
+    recordings.score_recordings(workdir, wav, machine_type="pump")
 
 
 def test_checkpoint_choice_errors(trained):
@@ -293,16 +334,25 @@ def test_checkpoint_of_another_config_is_refused(trained, tmp_path):
 def test_decision_report_matches_the_decision_files(trained):
   _, workdir, report = trained
   for (machine_type, machine_id), entry in report["decisions"].items():
-    decided = dict(csv.reader(open(
-        workdir / "results" /
-        f"decision_result_{machine_type}_{machine_id}.csv")))
+    decided = dict(
+      csv.reader(
+        open(
+          workdir
+          / "results"
+          / f"decision_result_{machine_type}_{machine_id}.csv"
+        )
+      )
+    )
     names = sorted(decided)
     labels = _labels_from_names(names)
     predictions = np.asarray([int(decided[n]) for n in names])
     assert entry["n"] == len(names)
-    assert entry["precision"] == pytest.approx(sk_metrics.precision_score(
-        labels, predictions, zero_division=0.0))
-    assert entry["recall"] == pytest.approx(sk_metrics.recall_score(
-        labels, predictions, zero_division=0.0))
-    assert entry["f1"] == pytest.approx(sk_metrics.f1_score(
-        labels, predictions, zero_division=0.0))
+    assert entry["precision"] == pytest.approx(
+      sk_metrics.precision_score(labels, predictions, zero_division=0.0)
+    )
+    assert entry["recall"] == pytest.approx(
+      sk_metrics.recall_score(labels, predictions, zero_division=0.0)
+    )
+    assert entry["f1"] == pytest.approx(
+      sk_metrics.f1_score(labels, predictions, zero_division=0.0)
+    )

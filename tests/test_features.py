@@ -35,8 +35,9 @@ def _float32_db_error(dynamic_range_db):
     dynamic_range_db: how far below the loudest bin the bin lies.
   """
   u = np.finfo(np.float32).eps / 2
-  return (10 / np.log(10) * 2 * np.log2(N_FFT) * u *
-          10**(dynamic_range_db / 20))
+  return (
+    10 / np.log(10) * 2 * np.log2(N_FFT) * u * 10 ** (dynamic_range_db / 20)
+  )
 
 
 # Bins further below the clip's loudest bin are float32 round-off in any
@@ -77,8 +78,9 @@ def _max_db_error(name, label, ours, ref):
   assert ours.dtype == np.float32
   mask = ref >= ref.max() - DYNAMIC_RANGE_DB
   error = float(np.max(np.abs(ours - ref)[mask]))
-  print(f'{label} {name}: max |dB diff| {error:.3g} over '
-        f'{mask.mean():.0%} of bins')
+  print(
+    f'{label} {name}: max |dB diff| {error:.3g} over {mask.mean():.0%} of bins'
+  )
   return error
 
 
@@ -86,7 +88,8 @@ def _max_db_error(name, label, ours, ref):
 def test_default_matches_librosa_melspectrogram(signal):
   name, y = signal
   mel = librosa.feature.melspectrogram(
-      y=y, sr=SR, n_fft=N_FFT, hop_length=HOP, n_mels=N_MELS, power=2.0)
+    y=y, sr=SR, n_fft=N_FFT, hop_length=HOP, n_mels=N_MELS, power=2.0
+  )
   ref = (20 / 2 * np.log10(mel + sys.float_info.epsilon)).T
   ours = np.asarray(features.log_mel(y))
   assert _max_db_error(name, 'default', ours, ref) <= TOLERANCE_DB
@@ -95,28 +98,43 @@ def test_default_matches_librosa_melspectrogram(signal):
 @pytest.mark.numerics
 def test_htk_torchaudio_style_matches_librosa(signal):
   name, y = signal
-  power_spec = np.abs(librosa.stft(
-      y, n_fft=N_FFT, hop_length=HOP, center=True, pad_mode='reflect'))**2
+  power_spec = (
+    np.abs(
+      librosa.stft(
+        y, n_fft=N_FFT, hop_length=HOP, center=True, pad_mode='reflect'
+      )
+    )
+    ** 2
+  )
   fb = librosa.filters.mel(
-      sr=SR, n_fft=N_FFT, n_mels=N_MELS, htk=True, norm=None)
+    sr=SR, n_fft=N_FFT, n_mels=N_MELS, htk=True, norm=None
+  )
   ref = (10 * np.log10(np.maximum(fb @ power_spec, 1e-10))).T
-  ours = np.asarray(features.log_mel(
-      y, htk=True, norm=None, log_floor=1e-10, pad_mode='reflect'))
+  ours = np.asarray(
+    features.log_mel(
+      y, htk=True, norm=None, log_floor=1e-10, pad_mode='reflect'
+    )
+  )
   assert _max_db_error(name, 'htk', ours, ref) <= TOLERANCE_DB
 
 
 @pytest.mark.numerics
 @pytest.mark.parametrize('htk', [False, True])
 @pytest.mark.parametrize('norm', ['slaney', None])
-@pytest.mark.parametrize('sr,n_fft,n_mels,fmin,fmax', [
+@pytest.mark.parametrize(
+  'sr,n_fft,n_mels,fmin,fmax',
+  [
     (16000, 1024, 128, 0.0, None),
     (22050, 2048, 64, 40.0, 9000.0),
-])
+  ],
+)
 def test_filterbank_matches_librosa(htk, norm, sr, n_fft, n_mels, fmin, fmax):
-  ours = features.mel_filterbank(sr, n_fft, n_mels, fmin=fmin, fmax=fmax,
-                                 htk=htk, norm=norm)
-  ref = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin,
-                            fmax=fmax, htk=htk, norm=norm)
+  ours = features.mel_filterbank(
+    sr, n_fft, n_mels, fmin=fmin, fmax=fmax, htk=htk, norm=norm
+  )
+  ref = librosa.filters.mel(
+    sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=htk, norm=norm
+  )
   assert ours.shape == (n_mels, 1 + n_fft // 2)
   assert ours.dtype == np.float32
   # Both compute in float64 (NumPy, no XLA) and round to float32: ours once,
@@ -141,14 +159,19 @@ def test_batched_and_jitted_match_single_clip():
   for clip in batched:
     np.testing.assert_allclose(clip, single, atol=_reordered_db_error(single))
 
-  jitted = jax.jit(functools.partial(
-      features.log_mel, htk=True, norm=None, pad_mode='reflect',
-      log_floor=1e-10))
-  eager = np.asarray(features.log_mel(
-      batch[:, None], htk=True, norm=None, pad_mode='reflect',
-      log_floor=1e-10))
-  np.testing.assert_allclose(np.asarray(jitted(batch[:, None])), eager,
-                             atol=_reordered_db_error(eager))
+  jitted = jax.jit(
+    functools.partial(
+      features.log_mel, htk=True, norm=None, pad_mode='reflect', log_floor=1e-10
+    )
+  )
+  eager = np.asarray(
+    features.log_mel(
+      batch[:, None], htk=True, norm=None, pad_mode='reflect', log_floor=1e-10
+    )
+  )
+  np.testing.assert_allclose(
+    np.asarray(jitted(batch[:, None])), eager, atol=_reordered_db_error(eager)
+  )
   static = jax.jit(features.log_mel, static_argnames=('n_mels',))
   assert static(batch, n_mels=64).shape == (3, single.shape[0], 64)
 
@@ -158,7 +181,8 @@ def test_batched_and_jitted_match_single_clip():
 def test_frame_count_matches_librosa(n_samples):
   y = np.random.default_rng(1).standard_normal(n_samples)
   ref = librosa.feature.melspectrogram(
-      y=y, sr=SR, n_fft=N_FFT, hop_length=HOP, n_mels=N_MELS)
+    y=y, sr=SR, n_fft=N_FFT, hop_length=HOP, n_mels=N_MELS
+  )
   ours = features.log_mel(y)
   assert ours.shape == (ref.shape[1], N_MELS)
   assert ours.shape[0] == 1 + n_samples // HOP
@@ -172,7 +196,7 @@ def test_stack_frames_matches_baseline_order():
   for b in range(2):
     expected = np.zeros((12 - frames + 1, frames * 7))
     for t in range(frames):
-      expected[:, 7 * t:7 * (t + 1)] = logmel[b, t:t + 12 - frames + 1]
+      expected[:, 7 * t : 7 * (t + 1)] = logmel[b, t : t + 12 - frames + 1]
     np.testing.assert_array_equal(stacked[b], expected.astype(stacked.dtype))
 
 
@@ -186,7 +210,9 @@ def test_stack_frames_rejects_too_few_frames():
     features.stack_frames(np.zeros((4, 128)), frames=5)
 
 
-@pytest.mark.parametrize('kwargs,argument', [
+@pytest.mark.parametrize(
+  'kwargs,argument',
+  [
     ({'n_mels': 0}, 'n_mels'),
     ({'hop_length': -1}, 'hop_length'),
     ({'n_fft': 1.5}, 'n_fft'),
@@ -196,7 +222,8 @@ def test_stack_frames_rejects_too_few_frames():
     ({'log_floor': 0.0}, 'log_floor'),
     ({'fmax': 9000.0}, 'fmax'),
     ({'sample_rate': 0}, 'sample_rate'),
-])
+  ],
+)
 def test_log_mel_rejects_bad_arguments(kwargs, argument):
   with pytest.raises(AeasdError, match=argument):
     features.log_mel(np.zeros(SR), **kwargs)

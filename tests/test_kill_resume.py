@@ -76,10 +76,13 @@ def _child(config_file, workdir, kill_at):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   return subprocess.run(
-      [sys.executable, "-c", _CHILD, str(config_file), str(workdir), kill_at],
-      env=env, cwd=repo, capture_output=True, text=True, timeout=300)
-
-
+    [sys.executable, "-c", _CHILD, str(config_file), str(workdir), kill_at],
+    env=env,
+    cwd=repo,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +100,7 @@ def setting(tmp_path_factory, tiny_root):
   return base, config_file, helpers.latest_weights(straight)
 
 
-@pytest.mark.parametrize("kill_at", ["cache_build", "checkpoint_save",
-                                     "epoch"])
+@pytest.mark.parametrize("kill_at", ["cache_build", "checkpoint_save", "epoch"])
 def test_killed_training_resumes_to_the_same_parameters(setting, kill_at):
   base, config_file, expected = setting
   config = json.loads(config_file.read_text())
@@ -114,8 +116,15 @@ def test_killed_training_resumes_to_the_same_parameters(setting, kill_at):
     assert not [p for p in features.iterdir() if not p.name.startswith(".")]
   # Orbax finalises a save by renaming its folder to the bare epoch number;
   # anything else is a save the kill interrupted.
-  complete = [int(p.name) for p in (workdir / "checkpoints").glob("*")
-              if p.name.isdigit()] if (workdir / "checkpoints").exists() else []
+  complete = (
+    [
+      int(p.name)
+      for p in (workdir / "checkpoints").glob("*")
+      if p.name.isdigit()
+    ]
+    if (workdir / "checkpoints").exists()
+    else []
+  )
   rerun = _child(killed_config, workdir, "none")
   assert rerun.returncode == 0, rerun.stderr[-2000:]
   if complete:

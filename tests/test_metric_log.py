@@ -21,17 +21,31 @@ def _propagate(monkeypatch):
 def _strict_lines(path):
   def refuse(constant):
     raise ValueError(f"not strict JSON: {constant}")
-  return [json.loads(line, parse_constant=refuse)
-          for line in path.read_text().splitlines()]
+
+  return [
+    json.loads(line, parse_constant=refuse)
+    for line in path.read_text().splitlines()
+  ]
 
 
 def test_non_finite_metrics_are_written_as_null(tmp_path):
   writer = metric_log.MetricWriter(tmp_path)
-  writer.write({"epoch": 1, "val_loss": {"fan": math.nan},
-                "train_loss": {"fan": math.inf}, "samples_per_s": 2.5})
+  writer.write(
+    {
+      "epoch": 1,
+      "val_loss": {"fan": math.nan},
+      "train_loss": {"fan": math.inf},
+      "samples_per_s": 2.5,
+    }
+  )
   assert _strict_lines(tmp_path / "metrics.jsonl") == [
-      {"epoch": 1, "val_loss": {"fan": None}, "train_loss": {"fan": None},
-       "samples_per_s": 2.5}]
+    {
+      "epoch": 1,
+      "val_loss": {"fan": None},
+      "train_loss": {"fan": None},
+      "samples_per_s": 2.5,
+    }
+  ]
 
 
 def _full_disk_after(limit, monkeypatch):
@@ -46,34 +60,44 @@ def _full_disk_after(limit, monkeypatch):
     done = real_write(fd, bytes(data[:room]))
     written[0] += done
     return done
+
   monkeypatch.setattr(os, "write", write)
 
 
 @pytest.mark.parametrize("room", [0, 10])
-def test_a_full_disk_is_an_error_and_leaves_no_torn_line(tmp_path,
-                                                         monkeypatch, room):
+def test_a_full_disk_is_an_error_and_leaves_no_torn_line(
+  tmp_path, monkeypatch, room
+):
   writer = metric_log.MetricWriter(tmp_path)
   writer.write({"epoch": 1, "train_loss": 1.0})
   before = (tmp_path / "metrics.jsonl").read_bytes()
   _full_disk_after(room, monkeypatch)
-  with pytest.raises(AeasdError, match=(
+  with pytest.raises(
+    AeasdError,
+    match=(
       rf"cannot write {tmp_path / 'metrics.jsonl'} \(No space left on"
-      r" device\); expected a writable folder with free space")):
+      r" device\); expected a writable folder with free space"
+    ),
+  ):
     writer.write({"epoch": 2, "train_loss": 0.5})
   assert (tmp_path / "metrics.jsonl").read_bytes() == before
 
 
-def test_a_torn_last_line_is_skipped_and_cut_by_the_next_writer(tmp_path,
-                                                                caplog):
+def test_a_torn_last_line_is_skipped_and_cut_by_the_next_writer(
+  tmp_path, caplog
+):
   path = tmp_path / "metrics.jsonl"
   path.write_text('{"epoch": 1, "train_loss": 1.0}\n{"epoch": 2, "tra')
   with caplog.at_level(logging.WARNING):
     assert metric_log.read_records(tmp_path) == [
-        {"epoch": 1, "train_loss": 1.0}]
+      {"epoch": 1, "train_loss": 1.0}
+    ]
   assert "skipping its last line" in caplog.text
   metric_log.MetricWriter(tmp_path).write({"epoch": 2, "train_loss": 0.5})
-  assert _strict_lines(path) == [{"epoch": 1, "train_loss": 1.0},
-                                 {"epoch": 2, "train_loss": 0.5}]
+  assert _strict_lines(path) == [
+    {"epoch": 1, "train_loss": 1.0},
+    {"epoch": 2, "train_loss": 0.5},
+  ]
 
 
 def test_a_complete_last_line_without_newline_is_kept(tmp_path):
@@ -83,13 +107,16 @@ def test_a_complete_last_line_without_newline_is_kept(tmp_path):
   assert metric_log.read_records(path) == [{"epoch": 1}, {"epoch": 2}]
 
 
-@pytest.mark.parametrize("text,line", [
-    ('{"epoch": 1}\n{"epo\n{"epoch": 3}\n', 2),
-    ('[1, 2]\n{"epoch": 2}\n', 1)])
+@pytest.mark.parametrize(
+  "text,line",
+  [('{"epoch": 1}\n{"epo\n{"epoch": 3}\n', 2), ('[1, 2]\n{"epoch": 2}\n', 1)],
+)
 def test_damage_before_the_last_line_is_named(tmp_path, text, line):
   (tmp_path / "metrics.jsonl").write_text(text)
-  expected = (rf"{tmp_path / 'metrics.jsonl'}: line {line} is damaged \(.*\);"
-              " expected one JSON object per line")
+  expected = (
+    rf"{tmp_path / 'metrics.jsonl'}: line {line} is damaged \(.*\);"
+    " expected one JSON object per line"
+  )
   with pytest.raises(AeasdError, match=expected):
     metric_log.read_records(tmp_path)
   with pytest.raises(AeasdError, match=expected):
@@ -97,8 +124,11 @@ def test_damage_before_the_last_line_is_named(tmp_path, text, line):
 
 
 def test_a_missing_log_is_named(tmp_path):
-  with pytest.raises(AeasdError, match=r"metrics.jsonl: missing; expected a"
-                     " workdir written by train.py"):
+  with pytest.raises(
+    AeasdError,
+    match=r"metrics.jsonl: missing; expected a"
+    " workdir written by train.py",
+  ):
     metric_log.read_records(tmp_path)
 
 
@@ -108,14 +138,26 @@ def _log(workdir, records):
     writer.write(record)
 
 
-@pytest.mark.parametrize("resume_from,kept_epochs", [
-    (2, [1, 2, 1, 2]), (None, [])])
-def test_a_resumed_run_drops_the_epochs_it_logs_again(tmp_path, resume_from,
-                                                      kept_epochs):
-  _log(tmp_path, [{"epoch": 1}, {"epoch": 2}, {"epoch": 3},
-                  {"timing_s": {"total": 1.0}}, {"epoch": 1}, {"epoch": 2},
-                  {"evaluate": "best@2", "timing_s": {"total": 2.0}},
-                  {"epoch": 3}, {"epoch": 4}])
+@pytest.mark.parametrize(
+  "resume_from,kept_epochs", [(2, [1, 2, 1, 2]), (None, [])]
+)
+def test_a_resumed_run_drops_the_epochs_it_logs_again(
+  tmp_path, resume_from, kept_epochs
+):
+  _log(
+    tmp_path,
+    [
+      {"epoch": 1},
+      {"epoch": 2},
+      {"epoch": 3},
+      {"timing_s": {"total": 1.0}},
+      {"epoch": 1},
+      {"epoch": 2},
+      {"evaluate": "best@2", "timing_s": {"total": 2.0}},
+      {"epoch": 3},
+      {"epoch": 4},
+    ],
+  )
   path = tmp_path / "metrics.jsonl"
   with open(path, "a") as f:
     f.write('{"epoch": 5, "trai')  # Killed mid-write.
@@ -124,8 +166,9 @@ def test_a_resumed_run_drops_the_epochs_it_logs_again(tmp_path, resume_from,
   records = _strict_lines(path)
   assert [r["epoch"] for r in records if "epoch" in r] == kept_epochs
   assert [r for r in records if "epoch" not in r] == [
-      {"timing_s": {"total": 1.0}},
-      {"evaluate": "best@2", "timing_s": {"total": 2.0}}]
+    {"timing_s": {"total": 1.0}},
+    {"evaluate": "best@2", "timing_s": {"total": 2.0}},
+  ]
   if resume_from == 2:
     assert records.index({"timing_s": {"total": 1.0}}) == 2
   assert os.stat(path).st_mode & 0o777 == 0o640

@@ -35,7 +35,8 @@ def _random_case(seed):
   if kind == 0:
     # A handful of integer levels: most clips tie with many others.
     score = rng.integers(0, int(rng.choice([1, 2, 3, 5])), n) + (
-        rng.random(n) < 0.3 * y)
+      rng.random(n) < 0.3 * y
+    )
   elif kind == 1:
     score = rng.normal(size=n) + shift
   elif kind == 2:
@@ -62,7 +63,8 @@ def test_matches_sklearn_on_random_cases(sk, seed):
 
   for max_fpr in MAX_FPRS:
     assert metrics.roc_auc_score(y, score, max_fpr=max_fpr) == pytest.approx(
-        sk.roc_auc_score(y, score, max_fpr=max_fpr), rel=0, abs=1e-12)
+      sk.roc_auc_score(y, score, max_fpr=max_fpr), rel=0, abs=1e-12
+    )
 
 
 @pytest.mark.numerics
@@ -78,7 +80,8 @@ def test_million_clips_match_sklearn(sk):
     np.testing.assert_allclose(g, w, rtol=0, atol=1e-15)
   for max_fpr in (None, 0.1):
     assert metrics.roc_auc_score(y, score, max_fpr=max_fpr) == pytest.approx(
-        sk.roc_auc_score(y, score, max_fpr=max_fpr), rel=0, abs=1e-12)
+      sk.roc_auc_score(y, score, max_fpr=max_fpr), rel=0, abs=1e-12
+    )
 
 
 @pytest.mark.numerics
@@ -110,15 +113,23 @@ def test_curve_starts_at_origin_with_infinite_threshold():
   assert np.all(np.diff(thresholds) < 0)
 
 
-@pytest.mark.parametrize('y, score, match', [
-    ([1, 1, 1], [0.1, 0.2, 0.3],
-     r'needs both normal \(0\) and anomalous \(1\) clips; '
-     r'got only label 1 \(n=3\)'),
+@pytest.mark.parametrize(
+  'y, score, match',
+  [
+    (
+      [1, 1, 1],
+      [0.1, 0.2, 0.3],
+      r'needs both normal \(0\) and anomalous \(1\) clips; '
+      r'got only label 1 \(n=3\)',
+    ),
     ([0, 0], [0.1, 0.2], r'got only label 0 \(n=2\)'),
     ([], [], 'got no clips'),
-    ([0, 1, 1], [0.1, np.nan, 0.3],
-     r'expects finite anomaly scores; got 1 NaN or Inf value\(s\), '
-     'first at index 1'),
+    (
+      [0, 1, 1],
+      [0.1, np.nan, 0.3],
+      r'expects finite anomaly scores; got 1 NaN or Inf value\(s\), '
+      'first at index 1',
+    ),
     ([0, 1, 1], [0.1, 0.2, np.inf], 'expects finite anomaly scores'),
     ([0, 1, 1], [-np.inf, 0.2, 0.3], 'expects finite anomaly scores'),
     ([0, 1, 1], [0.1, 0.2], 'one score per label; got 3 labels and 2 scores'),
@@ -127,7 +138,8 @@ def test_curve_starts_at_origin_with_infinite_threshold():
     (['a', 'b'], [0.1, 0.2], r'labels 0 \(normal\) or 1 \(anomalous\)'),
     ([0, 1], ['x', 'y'], 'real-valued numeric scores'),
     ([[0, 1]], [[0.1, 0.2]], '1-D y_true and y_score'),
-])
+  ],
+)
 def test_bad_inputs_raise(y, score, match):
   with pytest.raises(AeasdError, match=match):
     metrics.roc_auc_score(y, score)
@@ -144,4 +156,5 @@ def test_bad_max_fpr_raises(max_fpr):
 def test_max_fpr_one_is_full_auc():
   y, score = [0, 1, 0, 1, 1], [0.3, 0.2, 0.1, 0.9, 0.5]
   assert metrics.roc_auc_score(y, score, max_fpr=1) == metrics.roc_auc_score(
-      y, score)
+    y, score
+  )

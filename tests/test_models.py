@@ -14,11 +14,14 @@ def _count(model):
   return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-@pytest.mark.parametrize("name,expected", [
+@pytest.mark.parametrize(
+  "name,expected",
+  [
     # ../shared/reference/ANCHORS.md: the PyTorch baseline modules.
     ("AE", 267_928),
     ("IDNN", 185_496),
-])
+  ],
+)
 def test_parameter_count_matches_reference(name, expected):
   config = default.get_config().model
   config.name = name
@@ -51,8 +54,12 @@ def test_shapes_and_kl(name):
       assert float(jnp.abs(kl).max()) == 0.0
     else:
       assert bool(jnp.all(kl >= 0))
-  expected = {"AE": (640, 640), "VAE": (640, 640), "IDNN": (512, 128),
-              "VIDNN": (512, 128)}[name]
+  expected = {
+    "AE": (640, 640),
+    "VAE": (640, 640),
+    "IDNN": (512, 128),
+    "VIDNN": (512, 128),
+  }[name]
   assert (in_features, out_features) == expected
 
 

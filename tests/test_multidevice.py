@@ -39,16 +39,16 @@ _RUN = textwrap.dedent("""
     assert jax.device_count() == int(devices), jax.devices()
     import ml_collections
     from flax import nnx
-    from aeasd_jax import data, models, train
+    from aeasd_jax import models, train, trainer, window_data
 
     # Count the frame rows this process reads from the feature cache.
-    read, rows = data.ClipFrames.__getitem__, {"read": 0, "total": 0}
+    read, rows = window_data.ClipFrames.__getitem__, {"read": 0, "total": 0}
     def counting_read(self, index):
       out = read(self, index)
       rows["read"] += len(out)
       rows["total"] = max(rows["total"], self.shape[0])
       return out
-    data.ClipFrames.__getitem__ = counting_read
+    window_data.ClipFrames.__getitem__ = counting_read
 
     if mutation == "ghost":
       # The bug the comparison must catch: BatchNorm statistics of each
@@ -73,30 +73,54 @@ _RUN = textwrap.dedent("""
       models.DenseBlock.__call__ = ghost_call
 
     config = ml_collections.ConfigDict(json.load(open(config_file)))
-    state = train.local_copy(train.train_and_evaluate(config, workdir))
+    state = trainer.local_copy(train.train_and_evaluate(config, workdir))
     if int(process_id) == 0:
       leaves = jax.tree_util.tree_flatten_with_path(
-          (state["params"], state["batch_stats"]))[0]
+          (state.params, state.batch_stats))[0]
       np.savez(f"{workdir}/weights.npz",
                **{jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves})
     print(json.dumps(rows))
 """)
 
 
-def _start(config_file, workdir, devices, coordinator="", num_processes=1,
-           process_id=0, mutation=""):
+def _start(
+  config_file,
+  workdir,
+  devices,
+  coordinator="",
+  num_processes=1,
+  process_id=0,
+  mutation="",
+):
   # Appended, not replaced: the suite may run under XLA_FLAGS of its own
   # (.ci/run's second pass caps the instruction set).
-  flags = (f"{os.environ.get('XLA_FLAGS', '')}"
-           f" --xla_force_host_platform_device_count={devices}").strip()
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_ENABLE_X64="1",
-             XLA_FLAGS=flags)
+  flags = (
+    f"{os.environ.get('XLA_FLAGS', '')}"
+    f" --xla_force_host_platform_device_count={devices}"
+  ).strip()
+  env = dict(
+    os.environ, JAX_PLATFORMS="cpu", JAX_ENABLE_X64="1", XLA_FLAGS=flags
+  )
   return subprocess.Popen(
-      [sys.executable, "-c", _RUN, str(config_file), str(workdir),
-       str(devices * num_processes), coordinator, str(num_processes),
-       str(process_id), mutation, str(GHOST_BATCHES)],
-      env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True)
+    [
+      sys.executable,
+      "-c",
+      _RUN,
+      str(config_file),
+      str(workdir),
+      str(devices * num_processes),
+      coordinator,
+      str(num_processes),
+      str(process_id),
+      mutation,
+      str(GHOST_BATCHES),
+    ],
+    env=env,
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
 
 
 def _wait(process):
@@ -127,14 +151,16 @@ def runs(tmp_path_factory, tiny_root, session_cache_dir):
     s.bind(("127.0.0.1", 0))
     coordinator = f"127.0.0.1:{s.getsockname()[1]}"
   processes = {
-      "one": [_start(config_file, base / "one", 1)],
-      "ghost": [_start(config_file, base / "ghost", 1, mutation="ghost")],
-      "eight": [_start(config_file, base / "eight", 8)],
-      "pair": [_start(config_file, base / "pair", 4, coordinator, 2, i)
-               for i in range(2)],
+    "one": [_start(config_file, base / "one", 1)],
+    "ghost": [_start(config_file, base / "ghost", 1, mutation="ghost")],
+    "eight": [_start(config_file, base / "eight", 8)],
+    "pair": [
+      _start(config_file, base / "pair", 4, coordinator, 2, i) for i in range(2)
+    ],
   }
-  rows_read = {name: [_wait(p) for p in group]
-               for name, group in processes.items()}
+  rows_read = {
+    name: [_wait(p) for p in group] for name, group in processes.items()
+  }
   weights = {}
   for name in processes:
     with np.load(base / name / "weights.npz") as stored:
@@ -149,13 +175,15 @@ def test_eight_devices_equal_one(runs, assert_same_training):
 
 @pytest.mark.numerics
 def test_two_processes_of_four_devices_equal_one_process_of_eight(
-    runs, assert_same_training):
+  runs, assert_same_training
+):
   assert_same_training(runs["eight"], runs["pair"])
 
 
 @pytest.mark.numerics
 def test_batchnorm_on_per_device_statistics_fails_the_comparison(
-    runs, assert_same_training):
+  runs, assert_same_training
+):
   with pytest.raises(AssertionError, match="Not equal to tolerance"):
     assert_same_training(runs["one"], runs["ghost"])
 
@@ -163,8 +191,11 @@ def test_batchnorm_on_per_device_statistics_fails_the_comparison(
 def test_float64_without_x64_is_refused(tiny_config):
   assert not jax.config.jax_enable_x64
   tiny_config.model.compute_dtype = "float64"
-  with pytest.raises(AeasdError, match=r"config\.model\.compute_dtype="
-                     r"'float64': expected jax_enable_x64"):
+  with pytest.raises(
+    AeasdError,
+    match=r"config\.model\.compute_dtype="
+    r"'float64': expected jax_enable_x64",
+  ):
     config_check.check_config(tiny_config)
 
 

@@ -17,9 +17,15 @@ from aeasd_jax import train
 @pytest.fixture(scope="module")
 def tables(tmp_path_factory):
   from configs import default  # pylint: disable=g-import-not-at-top
+
   base = tmp_path_factory.mktemp("quality")
-  root = synth.generate(base / "data", seed=0, clips_per_id=24, seconds=2.0,
-                        machine_types=("fan", "valve"))
+  root = synth.generate(
+    base / "data",
+    seed=0,
+    clips_per_id=24,
+    seconds=2.0,
+    machine_types=("fan", "valve"),
+  )
   result = {}
   for name in ("AE", "IDNN"):
     config = default.get_config()
@@ -30,8 +36,10 @@ def tables(tmp_path_factory):
     config.train.epochs = 20
     train.train_and_evaluate(config, base / name)
     report = evaluation.evaluate(base / name)
-    result[name] = {t: np.mean([auc for auc, _ in by_id.values()])
-                    for t, by_id in report["dev"].items()}
+    result[name] = {
+      t: np.mean([auc for auc, _ in by_id.values()])
+      for t, by_id in report["dev"].items()
+    }
   return result
 
 

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 import helpers
-from aeasd_jax import data
 from aeasd_jax import dataset
 from aeasd_jax import metric_log
 from aeasd_jax import train
+from aeasd_jax import window_data
 
 
 def _curve(workdir, key):
@@ -29,8 +29,7 @@ def curves(tmp_path_factory, tiny_root, session_cache_dir):
     # 18 training clips per group in 2 chunks of 9.
     config.data.stream_chunk_clips = 9
     train.train_and_evaluate(config, base / name)
-    runs[name] = {k: _curve(base / name, k) for k in ("train_loss",
-                                                      "val_loss")}
+    runs[name] = {k: _curve(base / name, k) for k in ("train_loss", "val_loss")}
   return runs
 
 
@@ -59,10 +58,14 @@ def test_chunks_cover_every_training_clip_once_per_epoch(tiny_config):
   features, groups = dataset.load(tiny_config, show_progress=False)
   per_epoch = []
   for epoch in range(2):
-    chunks = list(data.stream_chunks(features, groups, 5, 4, epoch, seed=0))
+    chunks = list(
+      window_data.stream_chunks(features, groups, 5, 4, epoch, seed=0)
+    )
     assert len({tuple(map(np.shape, c)) for c in chunks}) == 1  # One program.
     counts = np.sum([c.train_counts for c in chunks], axis=0)
-    expected = [data.window_count(features, g.train_clips, 5) for g in groups]
+    expected = [
+      window_data.window_count(features, g.train_clips, 5) for g in groups
+    ]
     np.testing.assert_array_equal(counts, expected)
     per_epoch.append(np.concatenate([c.frames[:8].ravel() for c in chunks]))
   # A fresh clip order every epoch.
@@ -73,18 +76,22 @@ def test_clip_frames_reads_the_rows_asked_for(tiny_config):
   features, groups = dataset.load(tiny_config, show_progress=False)
   clips = list(groups[0].train_clips[:5])
   laid_out = np.concatenate([features.clip_frames(c) for c in clips])
-  frames = data.ClipFrames(features, clips, len(laid_out) + 10)
+  frames = window_data.ClipFrames(features, clips, len(laid_out) + 10)
   assert frames.shape == (len(laid_out) + 10, features.frames.shape[1])
-  for start, stop in ((0, 5), (3, 40), (31, 32), (0, len(laid_out)),
-                      (len(laid_out) - 3, len(laid_out) + 10)):
+  for start, stop in (
+    (0, 5),
+    (3, 40),
+    (31, 32),
+    (0, len(laid_out)),
+    (len(laid_out) - 3, len(laid_out) + 10),
+  ):
     expected = np.zeros((stop - start, laid_out.shape[1]), np.float32)
     have = laid_out[start:stop]
-    expected[:len(have)] = have  # Rows past the clips read as zeros.
+    expected[: len(have)] = have  # Rows past the clips read as zeros.
     np.testing.assert_array_equal(frames[start:stop], expected)
 
 
 class _FakeDevice:
-
   def __init__(self, stats):
     self.stats = stats
 
@@ -92,22 +99,30 @@ class _FakeDevice:
     return self.stats
 
 
-@pytest.mark.parametrize("stats,forced,expected", [
+@pytest.mark.parametrize(
+  "stats,forced,expected",
+  [
     (None, None, True),  # No memory figures (the CPU): resident.
     ({"bytes_limit": 10**12, "bytes_in_use": 0}, None, True),
     ({"bytes_limit": 10**5, "bytes_in_use": 0}, None, False),
     ({"bytes_limit": 10**5, "bytes_in_use": 0}, True, True),
     ({"bytes_limit": 10**12, "bytes_in_use": 0}, False, False),
-])
+  ],
+)
 def test_resident_or_streamed_is_chosen_by_free_device_memory(
-    tiny_config, monkeypatch, caplog, stats, forced, expected):
+  tiny_config, monkeypatch, caplog, stats, forced, expected
+):
   features, groups = dataset.load(tiny_config, show_progress=False)
   tiny_config.data.device_resident = forced
-  monkeypatch.setattr(train.jax, "local_devices",
-                      lambda: [_FakeDevice(stats)])
+  monkeypatch.setattr(train.jax, "local_devices", lambda: [_FakeDevice(stats)])
   with caplog.at_level("INFO", logger="aeasd_jax"):
-    assert train._device_resident(  # pylint: disable=protected-access
-        tiny_config, features, groups) == expected
+    assert (
+      train._device_resident(  # pylint: disable=protected-access
+        tiny_config, features, groups
+      )
+      == expected
+    )
   if stats and forced is None:
-    assert ("keeping them on the device" if expected else
-            "streaming them") in caplog.text
+    assert (
+      "keeping them on the device" if expected else "streaming them"
+    ) in caplog.text

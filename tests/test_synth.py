@@ -30,19 +30,21 @@ _RATE = 16000
 @pytest.fixture(scope='module')
 def small(tmp_path_factory):
   return synth.generate(
-      tmp_path_factory.mktemp('small') / 'data',
-      clips_per_id=_CLIPS,
-      seconds=_SECONDS)
+    tmp_path_factory.mktemp('small') / 'data',
+    clips_per_id=_CLIPS,
+    seconds=_SECONDS,
+  )
 
 
 @pytest.fixture(scope='module')
 def separable(tmp_path_factory):
   # 6 normal and 6 anomalous test clips per id keep the AUCs below steady.
   return synth.generate(
-      tmp_path_factory.mktemp('separable') / 'data',
-      clips_per_id=24,
-      seconds=1.0,
-      machine_types=('fan', 'valve'))
+    tmp_path_factory.mktemp('separable') / 'data',
+    clips_per_id=24,
+    seconds=1.0,
+    machine_types=('fan', 'valve'),
+  )
 
 
 def _names(folder):
@@ -69,9 +71,9 @@ def _eval_list(root):
 
 def _digests(root):
   return {
-      str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).digest()
-      for path in sorted(root.rglob('*'))
-      if path.is_file()
+    str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).digest()
+    for path in sorted(root.rglob('*'))
+    if path.is_file()
   }
 
 
@@ -84,18 +86,21 @@ def test_layout(small):
     for folder in (dev, ev):
       assert _names(folder) == ['test', 'train']
     assert _parse(_TRAIN_NAME, _names(dev / 'train')) == [
-        (f'{i:02d}', f'{k:08d}') for i in synth.DEV_IDS for k in range(_CLIPS)
+      (f'{i:02d}', f'{k:08d}') for i in synth.DEV_IDS for k in range(_CLIPS)
     ]
     assert _parse(_DEV_TEST_NAME, _names(dev / 'test')) == sorted(
-        (label, f'{i:02d}', f'{k:08d}') for label in ('anomaly', 'normal')
-        for i in synth.DEV_IDS for k in range(_TESTS))
+      (label, f'{i:02d}', f'{k:08d}')
+      for label in ('anomaly', 'normal')
+      for i in synth.DEV_IDS
+      for k in range(_TESTS)
+    )
     assert _parse(_TRAIN_NAME, _names(ev / 'train')) == [
-        (f'{i:02d}', f'{k:08d}') for i in synth.EVAL_IDS for k in range(_CLIPS)
+      (f'{i:02d}', f'{k:08d}') for i in synth.EVAL_IDS for k in range(_CLIPS)
     ]
     assert _parse(_EVAL_TEST_NAME, _names(ev / 'test')) == [
-        (f'{i:02d}', f'{k:08d}')
-        for i in synth.EVAL_IDS
-        for k in range(2 * _TESTS)
+      (f'{i:02d}', f'{k:08d}')
+      for i in synth.EVAL_IDS
+      for k in range(2 * _TESTS)
     ]
   assert not set(synth.DEV_IDS) & set(synth.EVAL_IDS)
 
@@ -103,7 +108,8 @@ def test_layout(small):
 def test_files_are_16_khz_mono_pcm16_without_clipping(small):
   paths = sorted(small.rglob('*.wav'))
   assert len(paths) == len(synth.MACHINE_TYPES) * (
-      (len(synth.DEV_IDS) + len(synth.EVAL_IDS)) * (_CLIPS + 2 * _TESTS))
+    (len(synth.DEV_IDS) + len(synth.EVAL_IDS)) * (_CLIPS + 2 * _TESTS)
+  )
   for path in paths:
     info = soundfile.info(path)
     assert (info.format, info.subtype) == ('WAV', 'PCM_16'), path
@@ -127,8 +133,11 @@ def test_eval_list_matches_the_eval_test_files(small):
       assert label == {'normal': '0', 'anomaly': '1'}[kind]
       originals.append((machine_id, kind, number))
     assert sorted(originals) == sorted(
-        (f'{i:02d}', kind, f'{k:08d}') for i in synth.EVAL_IDS
-        for kind in ('normal', 'anomaly') for k in range(_TESTS))
+      (f'{i:02d}', kind, f'{k:08d}')
+      for i in synth.EVAL_IDS
+      for kind in ('normal', 'anomaly')
+      for k in range(_TESTS)
+    )
 
 
 def test_eval_test_is_shuffled(small):
@@ -143,8 +152,9 @@ def test_same_seed_gives_the_same_bytes(tmp_path):
   other = _digests(synth.generate(tmp_path / 'c', seed=4, **settings))
   assert first == second
   assert other.keys() == first.keys()
-  assert all(other[path] != first[path] for path in first
-             if path.endswith('.wav'))
+  assert all(
+    other[path] != first[path] for path in first if path.endswith('.wav')
+  )
 
 
 def test_an_empty_out_dir_is_used(tmp_path):
@@ -182,14 +192,17 @@ def test_loses_a_race_cleanly(tmp_path, monkeypatch):
   assert (out / 'eval_data_list.csv').read_text() == 'theirs'
 
 
-@pytest.mark.parametrize('setting', [
+@pytest.mark.parametrize(
+  'setting',
+  [
     dict(seconds=0.1),
     dict(clips_per_id=0),
     dict(seed=-1),
     dict(sample_rate=8000),
     dict(machine_types=('pump',)),
     dict(machine_types=()),
-])
+  ],
+)
 def test_rejects_bad_settings(tmp_path, setting):
   name = next(iter(setting))
   with pytest.raises(AeasdError, match=name):
@@ -215,8 +228,13 @@ def test_a_failed_run_leaves_nothing_behind(tmp_path, monkeypatch):
 def test_command_line(tmp_path):
   out = tmp_path / 'data'
   command = [
-      sys.executable, '-m', 'aeasd_jax.synth', f'--out={out}',
-      '--clips_per_id=1', '--seconds=0.5', '--machine_types=valve'
+    sys.executable,
+    '-m',
+    'aeasd_jax.synth',
+    f'--out={out}',
+    '--clips_per_id=1',
+    '--seconds=0.5',
+    '--machine_types=valve',
   ]
   repo = pathlib.Path(__file__).resolve().parents[1]
   done = subprocess.run(command, cwd=repo, capture_output=True, text=True)
@@ -232,7 +250,7 @@ def _mean_log_spectrum(path):
   """The mean over 1024-sample Hann frames of the log power, in dB."""
   samples, _ = soundfile.read(path)
   frames = np.lib.stride_tricks.sliding_window_view(samples, 1024)[::512]
-  power = np.abs(np.fft.rfft(frames * np.hanning(1024), axis=1))**2
+  power = np.abs(np.fft.rfft(frames * np.hanning(1024), axis=1)) ** 2
   return np.mean(10.0 * np.log10(power + 1e-12), axis=0)
 
 
@@ -240,7 +258,7 @@ def _auc(normal, anomalous):
   """The Mann-Whitney estimate of P(anomalous score > normal score)."""
   ranks = stats.rankdata(np.concatenate([normal, anomalous]))
   count = len(anomalous)
-  rank_sum = ranks[len(normal):].sum()
+  rank_sum = ranks[len(normal) :].sum()
   return (rank_sum - count * (count + 1) / 2) / (len(normal) * count)
 
 
@@ -253,16 +271,21 @@ def _spectral_auc(root, machine_type):
   aucs = []
   for machine_id in synth.DEV_IDS:
     pattern = f'*_id_{machine_id:02d}_*.wav'
-    reference = np.mean([
+    reference = np.mean(
+      [
         _mean_log_spectrum(path)
         for path in (root / 'dev_data' / machine_type / 'train').glob(pattern)
-    ], axis=0)
+      ],
+      axis=0,
+    )
     scores = {
-        label: [
-            np.max(np.abs(_mean_log_spectrum(path) - reference))
-            for path in (root / 'dev_data' / machine_type /
-                         'test').glob(label + pattern)
-        ] for label in ('normal', 'anomaly')
+      label: [
+        np.max(np.abs(_mean_log_spectrum(path) - reference))
+        for path in (root / 'dev_data' / machine_type / 'test').glob(
+          label + pattern
+        )
+      ]
+      for label in ('normal', 'anomaly')
     }
     aucs.append(_auc(scores['normal'], scores['anomaly']))
   return np.mean(aucs)

@@ -14,11 +14,12 @@ import pytest
 
 import helpers
 from aeasd_jax import config_check
-from aeasd_jax import data
 from aeasd_jax import metric_log
 from aeasd_jax import dataset
 from aeasd_jax import evaluation
 from aeasd_jax import train
+from aeasd_jax import trainer as trainer_lib
+from aeasd_jax import window_data
 from aeasd_jax.errors import AeasdError
 
 
@@ -43,8 +44,11 @@ def test_loss_falls_and_checkpoints_are_written(tiny_config, tmp_path):
   assert [r["epoch"] for r in records] == [1, 2, 3, 4]
   for name in records[0]["train_loss"]:
     assert records[-1]["train_loss"][name] < records[0]["train_loss"][name]
-  steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()
-                 if p.name.isdigit())
+  steps = sorted(
+    int(p.name)
+    for p in (tmp_path / "checkpoints").iterdir()
+    if p.name.isdigit()
+  )
   assert steps == [3, 4]
 
 
@@ -56,14 +60,17 @@ def test_resumed_run_equals_uninterrupted_run(tiny_config, tmp_path):
   tiny_config.train.epochs = 3
   train.train_and_evaluate(tiny_config, tmp_path / "resumed")
   # Bit for bit: the same compiled program on the same device.
-  chex.assert_trees_all_equal(helpers.latest_weights(tmp_path / "straight"),
-                              helpers.latest_weights(tmp_path / "resumed"))
+  chex.assert_trees_all_equal(
+    helpers.latest_weights(tmp_path / "straight"),
+    helpers.latest_weights(tmp_path / "resumed"),
+  )
 
 
 @pytest.mark.numerics
 @pytest.mark.usefixtures("x64")
 def test_training_groups_together_equals_training_each_alone(
-    tiny_config, tiny_root, tmp_path, assert_same_training):
+  tiny_config, tiny_root, tmp_path, assert_same_training
+):
   # Unequal groups: valve keeps half its training clips, so it takes masked
   # no-op steps while fan trains on.
   root = tmp_path / "data"
@@ -89,20 +96,23 @@ def test_training_groups_together_equals_training_each_alone(
 
 def test_epoch_compiles_once(tiny_config):
   features, groups = dataset.load(tiny_config, show_progress=False)
-  windows = data.gather_host_windows(features, groups, 5)
-  trainer = train.Trainer(tiny_config, [g.name for g in groups], windows)
+  windows = window_data.gather_host_windows(features, groups, 5)
+  trainer = trainer_lib.Trainer(tiny_config, [g.name for g in groups], windows)
   state = trainer.init_state()
   for _ in range(3):
     state, _ = trainer.epoch_fn(state, trainer.windows)
-  assert int(state["epoch"]) == 3
+  assert int(state.epoch) == 3
   assert trainer.epoch_fn._cache_size() == 1  # pylint: disable=protected-access
 
 
 def _poison_model(tree, model):
   """The tree with one value of `model`'s slice of a float leaf set to NaN."""
   leaves, treedef = jax.tree.flatten(tree)
-  i = next(i for i, x in enumerate(leaves)
-           if jax.numpy.issubdtype(x.dtype, np.floating))
+  i = next(
+    i
+    for i, x in enumerate(leaves)
+    if jax.numpy.issubdtype(x.dtype, np.floating)
+  )
   leaves[i] = np.array(leaves[i])
   leaves[i][model].flat[0] = np.nan
   return jax.tree.unflatten(treedef, leaves)
@@ -114,23 +124,30 @@ def test_epoch_reports_state_gone_non_finite_for_that_model_only(tiny_config):
   # reaches the loss only through the next step's weights.
   tiny_config.data.machine_types = ("fan", "valve")
   features, groups = dataset.load(tiny_config, show_progress=False)
-  windows = data.gather_host_windows(features, groups, 5)
-  trainer = train.Trainer(tiny_config, [g.name for g in groups], windows)
+  windows = window_data.gather_host_windows(features, groups, 5)
+  trainer = trainer_lib.Trainer(tiny_config, [g.name for g in groups], windows)
   for part in ("batch_stats", "opt_state"):
     state = trainer.init_state()
-    state = {**state, part: jax.device_put(_poison_model(state[part], 1),
-                                           trainer.replicated)}
+    state = state._replace(
+      **{
+        part: jax.device_put(
+          _poison_model(getattr(state, part), 1), trainer.replicated
+        )
+      }
+    )
     _, metrics = trainer.epoch_fn(state, trainer.windows)
-    np.testing.assert_array_equal(np.asarray(metrics["finite"]),
-                                  [True, False], err_msg=part)
+    np.testing.assert_array_equal(
+      np.asarray(metrics["finite"]), [True, False], err_msg=part
+    )
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
-    tiny_config, tmp_path, monkeypatch):
+  tiny_config, tmp_path, monkeypatch
+):
   tiny_config.train.epochs = 1
   train.train_and_evaluate(tiny_config, tmp_path)
   tiny_config.train.epochs = 3
-  gather = data.gather_host_windows
+  gather = window_data.gather_host_windows
 
   def poisoned(*args):
     windows = gather(*args)
@@ -138,19 +155,25 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     frames[::7] = np.inf
     return windows._replace(frames=frames)
 
-  monkeypatch.setattr(data, "gather_host_windows", poisoned)
+  monkeypatch.setattr(window_data, "gather_host_windows", poisoned)
   # The frames' own check would call this cache damage; the guard tested
   # here must catch divergence whatever its cause.
-  monkeypatch.setattr(train, "_all_frames_finite", lambda frames: True)
-  with pytest.raises(AeasdError, match=r"non-finite .* epoch 2 for group "
-                     r"\w+, seed0.*last good checkpoint \(epoch 1\) is kept"):
+  monkeypatch.setattr(trainer_lib, "_all_frames_finite", lambda frames: True)
+  with pytest.raises(
+    AeasdError,
+    match=r"non-finite .* epoch 2 for group "
+    r"\w+, seed0.*last good checkpoint \(epoch 1\) is kept",
+  ):
     train.train_and_evaluate(tiny_config, tmp_path)
-  steps = [p.name for p in (tmp_path / "checkpoints").iterdir()
-           if p.name.isdigit()]
+  steps = [
+    p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()
+  ]
   assert steps == ["1"]
 
 
-@pytest.mark.parametrize("setting,value,message", [
+@pytest.mark.parametrize(
+  "setting,value,message",
+  [
     ("train.batch_size", 0, "a positive integer"),
     ("train.batch_size", 3.5, "a positive integer"),
     ("train.epochs", "ten", "a positive integer"),
@@ -160,9 +183,11 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     ("data.group_by", "machine", "one of"),
     ("score.pooling", "median", "one of"),
     ("model.kl_reduction", "max", "one of"),
-])
-def test_bad_config_value_names_the_setting(tiny_config, setting, value,
-                                            message):
+  ],
+)
+def test_bad_config_value_names_the_setting(
+  tiny_config, setting, value, message
+):
   section, key = setting.split(".")
   # ConfigDict refuses most wrong types itself; a config file can still
   # build one, so check_config must catch them too.
@@ -191,8 +216,9 @@ def test_workdir_of_another_model_is_refused(tiny_config, tmp_path):
     train.train_and_evaluate(tiny_config, tmp_path)
 
 
-def test_disk_full_during_a_checkpoint_is_a_clear_error(tiny_config, tmp_path,
-                                                        monkeypatch):
+def test_disk_full_during_a_checkpoint_is_a_clear_error(
+  tiny_config, tmp_path, monkeypatch
+):
   tiny_config.train.epochs = 1
   train.train_and_evaluate(tiny_config, tmp_path)
 
@@ -201,8 +227,11 @@ def test_disk_full_during_a_checkpoint_is_a_clear_error(tiny_config, tmp_path,
 
   monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
   tiny_config.train.epochs = 2
-  with pytest.raises(AeasdError, match=r"cannot write checkpoint 2 .*No space"
-                     r" left on device.*Earlier complete checkpoints are kept"):
+  with pytest.raises(
+    AeasdError,
+    match=r"cannot write checkpoint 2 .*No space"
+    r" left on device.*Earlier complete checkpoints are kept",
+  ):
     train.train_and_evaluate(tiny_config, tmp_path)
   monkeypatch.undo()
   assert helpers.latest_weights(tmp_path)  # Epoch 1 still restores.
@@ -211,8 +240,15 @@ def test_disk_full_during_a_checkpoint_is_a_clear_error(tiny_config, tmp_path,
 def test_read_only_workdir_is_refused(tiny_config, tmp_path, monkeypatch):
   # Tests run as root, for whom permissions do not bind; ask as a user would.
   real_access = os.access
-  monkeypatch.setattr(os, "access", lambda path, mode: False if str(
-      path) == str(tmp_path) and mode == os.W_OK else real_access(path, mode))
+  monkeypatch.setattr(
+    os,
+    "access",
+    lambda path, mode: (
+      False
+      if str(path) == str(tmp_path) and mode == os.W_OK
+      else real_access(path, mode)
+    ),
+  )
   with pytest.raises(AeasdError, match=r"workdir .*: not writable"):
     train.train_and_evaluate(tiny_config, tmp_path)
 
@@ -225,26 +261,30 @@ def test_tensorboard_without_its_extra_says_which_extra(tiny_config, tmp_path):
     train.train_and_evaluate(tiny_config, tmp_path)
 
 
-def test_dev_auc_selection_keeps_the_weights_of_the_best_auc(tiny_config,
-                                                            tmp_path):
+def test_dev_auc_selection_keeps_the_weights_of_the_best_auc(
+  tiny_config, tmp_path
+):
   tiny_config.train.epochs = 3
   tiny_config.train.select_by = "dev_auc"
   tiny_config.train.select_every = 1
   state = train.train_and_evaluate(tiny_config, tmp_path)
   records = [r for r in metric_log.read_records(tmp_path) if "epoch" in r]
   aucs = np.asarray([list(r["dev_auc"].values()) for r in records])
-  np.testing.assert_allclose(-np.asarray(state["best"]["metric"]),
-                             aucs.max(axis=0), rtol=1e-6)
+  np.testing.assert_allclose(
+    -np.asarray(state.best.metric), aucs.max(axis=0), rtol=1e-6
+  )
   # Ties keep the earlier epoch: selection needs a strict improvement.
-  np.testing.assert_array_equal(np.asarray(state["best"]["epoch"]),
-                                aucs.argmax(axis=0) + 1)
+  np.testing.assert_array_equal(
+    np.asarray(state.best.epoch), aucs.argmax(axis=0) + 1
+  )
   # The kept weights are the ones that scored it.
   report = evaluation.evaluate(tmp_path)
   names = list(records[0]["dev_auc"])
   for name, best_auc in zip(names, aucs.max(axis=0)):
     by_id = report["dev"][name.split("/")[0]]
     assert np.mean([auc for auc, _ in by_id.values()]) == pytest.approx(
-        best_auc, abs=1e-9)
+      best_auc, abs=1e-9
+    )
 
 
 @pytest.mark.numerics
@@ -254,11 +294,14 @@ def test_bfloat16_training_follows_float32(tiny_config, tmp_path):
     tiny_config.model.compute_dtype = dtype
     tiny_config.train.epochs = 4
     train.train_and_evaluate(tiny_config, tmp_path / dtype)
-    records = [r for r in map(json.loads,
-                              (tmp_path / dtype / "metrics.jsonl").open())
-               if "epoch" in r]
-    curves[dtype] = np.asarray([list(r["train_loss"].values())
-                                for r in records])
+    records = [
+      r
+      for r in map(json.loads, (tmp_path / dtype / "metrics.jsonl").open())
+      if "epoch" in r
+    ]
+    curves[dtype] = np.asarray(
+      [list(r["train_loss"].values()) for r in records]
+    )
   assert np.all(curves["bfloat16"][-1] < curves["bfloat16"][0])
   # Not a rounding equivalence: bfloat16 itself changes the results. Its 5
   # hidden layers round inputs and outputs to 8 bits (u = 2**-8), moving a

@@ -15,6 +15,7 @@ from configs import default
 def _strict_loads(text):
   def refuse(constant):
     raise ValueError(f"not strict JSON: {constant}")
+
   return json.loads(text, parse_constant=refuse)
 
 
@@ -62,14 +63,28 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 
 
 def test_non_finite_floats_are_written_as_null(tmp_path):
-  value = {"best@3": {"thresholds": {"fan": math.inf, "pump": -math.inf,
-                                     "valve": math.nan, "slider": 1.5},
-                      "losses": (math.nan, 2.0), "epoch": 3, "ok": True}}
+  value = {
+    "best@3": {
+      "thresholds": {
+        "fan": math.inf,
+        "pump": -math.inf,
+        "valve": math.nan,
+        "slider": 1.5,
+      },
+      "losses": (math.nan, 2.0),
+      "epoch": 3,
+      "ok": True,
+    }
+  }
   text = workdir_files.dumps_json(value, indent=2, sort_keys=True)
   assert _strict_loads(text) == {
-      "best@3": {"thresholds": {"fan": None, "pump": None, "valve": None,
-                                "slider": 1.5},
-                 "losses": [None, 2.0], "epoch": 3, "ok": True}}
+    "best@3": {
+      "thresholds": {"fan": None, "pump": None, "valve": None, "slider": 1.5},
+      "losses": [None, 2.0],
+      "epoch": 3,
+      "ok": True,
+    }
+  }
   workdir_files.write_json(tmp_path / "thresholds.json", value)
   _strict_loads((tmp_path / "thresholds.json").read_text())
 
@@ -83,26 +98,48 @@ def test_a_config_with_an_infinite_setting_is_written_strictly(tmp_path):
   workdir_files.prepare(tmp_path, config)  # Still the same run.
 
 
-@pytest.mark.parametrize("name,text,expected", [
+@pytest.mark.parametrize(
+  "name,text,expected",
+  [
     ("groups.json", '["fan", "pu', r"groups.json: damaged \(not valid JSON"),
-    ("groups.json", '{"fan": 1}',
-     r"groups.json: damaged \(expected a JSON list, found an object\)"),
-    ("groups.json", '["fan", 3]',
-     r"groups.json: damaged \(expected a list of group names\)"),
-    ("thresholds.json", '{"best@2": {"percen',
-     r"thresholds.json: damaged \(not valid JSON"),
-    ("thresholds.json", "[]",
-     r"thresholds.json: damaged \(expected a JSON object, found a list\)"),
-    ("thresholds.json", '{"best@2": {"thresholds": {}}}',
-     r"thresholds.json: damaged \(entry 'best@2' is not"),
+    (
+      "groups.json",
+      '{"fan": 1}',
+      r"groups.json: damaged \(expected a JSON list, found an object\)",
+    ),
+    (
+      "groups.json",
+      '["fan", 3]',
+      r"groups.json: damaged \(expected a list of group names\)",
+    ),
+    (
+      "thresholds.json",
+      '{"best@2": {"percen',
+      r"thresholds.json: damaged \(not valid JSON",
+    ),
+    (
+      "thresholds.json",
+      "[]",
+      r"thresholds.json: damaged \(expected a JSON object, found a list\)",
+    ),
+    (
+      "thresholds.json",
+      '{"best@2": {"thresholds": {}}}',
+      r"thresholds.json: damaged \(entry 'best@2' is not",
+    ),
     ("config.json", "", r"config.json: damaged \(not valid JSON"),
     ("config.json", "\xff", r"config.json: damaged \(not valid JSON"),
-    ("config.json", "[]",
-     r"config.json: damaged \(expected a JSON object, found a list\)"),
+    (
+      "config.json",
+      "[]",
+      r"config.json: damaged \(expected a JSON object, found a list\)",
+    ),
     ("config.json", "{}", r"config.json: damaged \(no setting seed\)"),
-])
-def test_prepare_names_a_damaged_file_before_any_work(tmp_path, name, text,
-                                                      expected):
+  ],
+)
+def test_prepare_names_a_damaged_file_before_any_work(
+  tmp_path, name, text, expected
+):
   config = default.get_config()
   workdir_files.prepare(tmp_path, config)
   (tmp_path / name).write_bytes(text.encode("latin-1"))
@@ -110,9 +147,15 @@ def test_prepare_names_a_damaged_file_before_any_work(tmp_path, name, text,
     workdir_files.prepare(tmp_path, config)
 
 
-@pytest.mark.parametrize("drop,missing", [
-    ("model", "model"), ("model.frames", "model.frames"),
-    ("train.epochs", "train.epochs"), ("score", "score")])
+@pytest.mark.parametrize(
+  "drop,missing",
+  [
+    ("model", "model"),
+    ("model.frames", "model.frames"),
+    ("train.epochs", "train.epochs"),
+    ("score", "score"),
+  ],
+)
 def test_a_config_json_lacking_a_setting_names_it(tmp_path, drop, missing):
   workdir_files.prepare(tmp_path, default.get_config())
   values = json.loads((tmp_path / "config.json").read_text())
@@ -122,9 +165,12 @@ def test_a_config_json_lacking_a_setting_names_it(tmp_path, drop, missing):
     parent = parent[group]
   del parent[key]
   (tmp_path / "config.json").write_text(json.dumps(values))
-  with pytest.raises(AeasdError, match=rf"config.json: damaged \(no setting"
-                     rf" {missing}\); expected every setting"
-                     " configs/default.py has; add it"):
+  with pytest.raises(
+    AeasdError,
+    match=rf"config.json: damaged \(no setting"
+    rf" {missing}\); expected every setting"
+    " configs/default.py has; add it",
+  ):
     workdir_files.load_config(tmp_path)
 
 
@@ -133,19 +179,28 @@ def test_a_config_json_with_a_wrong_kind_of_setting_is_named(tmp_path):
   values = json.loads((tmp_path / "config.json").read_text())
   values["model"] = 5
   (tmp_path / "config.json").write_text(json.dumps(values))
-  with pytest.raises(AeasdError, match=r"config.json: damaged \(at setting"
-                     r" model: 'int' object is not subscriptable\)"):
+  with pytest.raises(
+    AeasdError,
+    match=r"config.json: damaged \(at setting"
+    r" model: 'int' object is not subscriptable\)",
+  ):
     workdir_files.load_config(tmp_path)
   values["model"] = {**default.get_config().model.to_dict(), "frames": -1}
   (tmp_path / "config.json").write_text(json.dumps(values))
-  with pytest.raises(AeasdError, match=r"config.json: config.model.frames=-1:"
-                     " expected a positive integer"):
+  with pytest.raises(
+    AeasdError,
+    match=r"config.json: config.model.frames=-1:"
+    " expected a positive integer",
+  ):
     workdir_files.load_config(tmp_path)
 
 
 def test_a_missing_file_is_named(tmp_path):
-  with pytest.raises(AeasdError, match=r"config.json: missing; expected a"
-                     " workdir written by train.py"):
+  with pytest.raises(
+    AeasdError,
+    match=r"config.json: missing; expected a"
+    " workdir written by train.py",
+  ):
     workdir_files.load_config(tmp_path)
   with pytest.raises(AeasdError, match=r"groups.json: missing"):
     workdir_files.read_groups(tmp_path)
@@ -153,9 +208,16 @@ def test_a_missing_file_is_named(tmp_path):
 
 
 def test_stored_null_thresholds_read_back_as_nan(tmp_path):
-  workdir_files.write_json(tmp_path / "thresholds.json", {
-      "best@2": {"percentile": 90.0, "pooling": "mean",
-                 "thresholds": {"fan": math.inf, "pump": 1.5}}})
+  workdir_files.write_json(
+    tmp_path / "thresholds.json",
+    {
+      "best@2": {
+        "percentile": 90.0,
+        "pooling": "mean",
+        "thresholds": {"fan": math.inf, "pump": 1.5},
+      }
+    },
+  )
   stored = workdir_files.read_thresholds(tmp_path)
   assert math.isnan(stored["best@2"]["thresholds"]["fan"])
   assert stored["best@2"]["thresholds"]["pump"] == 1.5
@@ -166,13 +228,21 @@ def test_a_good_workdir_passes_and_keeps_its_config(tmp_path):
   config = default.get_config()
   workdir_files.prepare(tmp_path, config)
   workdir_files.write_json(tmp_path / "groups.json", ["fan", "pump"])
-  workdir_files.write_json(tmp_path / "thresholds.json", {
-      "best@2": {"percentile": 90.0, "pooling": "mean",
-                 "thresholds": {"fan": 1.0}}})
+  workdir_files.write_json(
+    tmp_path / "thresholds.json",
+    {
+      "best@2": {
+        "percentile": 90.0,
+        "pooling": "mean",
+        "thresholds": {"fan": 1.0},
+      }
+    },
+  )
   workdir_files.prepare(tmp_path, config)
   assert workdir_files.read_groups(tmp_path) == ["fan", "pump"]
   assert workdir_files.load_config(tmp_path).to_dict() == json.loads(
-      config.to_json())
+    config.to_json()
+  )
 
 
 def test_a_run_resumes_a_workdir_lacking_a_newer_setting(tmp_path):

@@ -29,29 +29,38 @@ def _lock(workdir):
 
 
 def _write_lock(workdir, age_s=0.0, **holder):
-  holder = {"name": "train.py", "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "pid_space": workdir_lock._pid_space(),
-            "start": workdir_lock._start_time(os.getpid()),
-            "started_at": "2026-01-02T03:04:05+00:00", **holder}
+  holder = {
+    "name": "train.py",
+    "pid": os.getpid(),
+    "host": socket.gethostname(),
+    "pid_space": workdir_lock._pid_space(),
+    "start": workdir_lock._start_time(os.getpid()),
+    "started_at": "2026-01-02T03:04:05+00:00",
+    **holder,
+  }
   _lock(workdir).write_text(json.dumps(holder))
   mtime = time.time() - age_s
   os.utime(_lock(workdir), (mtime, mtime))
 
 
 def _heartbeats():
-  return [t for t in threading.enumerate()
-          if t.name == "workdir-lock-heartbeat"]
+  return [
+    t for t in threading.enumerate() if t.name == "workdir-lock-heartbeat"
+  ]
 
 
 def test_a_second_holder_is_refused_naming_the_first(tmp_path):
   with workdir_lock.hold(tmp_path, 60.0):
     holder = json.loads(_lock(tmp_path).read_text())
     assert holder["pid"] == os.getpid()
-    with pytest.raises(AeasdError, match=(
+    with pytest.raises(
+      AeasdError,
+      match=(
         rf"workdir {tmp_path} is in use by train.py \(pid {os.getpid()} on"
         rf" host {socket.gethostname()}, since .*\); expected one run per"
-        " workdir")):
+        " workdir"
+      ),
+    ):
       with workdir_lock.hold(tmp_path, 60.0):
         pass
     assert _lock(tmp_path).exists()  # The refused run left it alone.
@@ -69,11 +78,13 @@ def test_the_lock_is_released_on_an_exception(tmp_path):
     pass
 
 
-def test_a_lock_of_a_dead_process_on_this_host_is_taken_over(tmp_path,
-                                                             caplog):
+def test_a_lock_of_a_dead_process_on_this_host_is_taken_over(tmp_path, caplog):
   child = subprocess.run(
-      [sys.executable, "-c", "import os; print(os.getpid())"],
-      capture_output=True, text=True, check=True)
+    [sys.executable, "-c", "import os; print(os.getpid())"],
+    capture_output=True,
+    text=True,
+    check=True,
+  )
   _write_lock(tmp_path, pid=int(child.stdout), start=None)
   with caplog.at_level(logging.WARNING):
     with workdir_lock.hold(tmp_path, 60.0):
@@ -92,11 +103,15 @@ def test_a_reused_pid_does_not_keep_a_lock(tmp_path, caplog):
 
 def test_a_lock_from_another_host_is_kept_while_fresh(tmp_path, caplog):
   _write_lock(tmp_path, age_s=10.0, host="node7", pid=4242, pid_space="x")
-  with pytest.raises(AeasdError, match=(
+  with pytest.raises(
+    AeasdError,
+    match=(
       r"in use by train.py \(pid 4242 on host node7, since"
       r" 2026-01-02T03:04:05\+00:00\); expected one run per workdir. If that"
       rf" run is gone, its lock is taken over \d+s from now, or delete"
-      rf" {_lock(tmp_path)}")):
+      rf" {_lock(tmp_path)}"
+    ),
+  ):
     with workdir_lock.hold(tmp_path, 60.0):
       pass
   _write_lock(tmp_path, age_s=61.0, host="node7", pid=4242, pid_space="x")
@@ -109,8 +124,9 @@ def test_a_lock_from_another_host_is_kept_while_fresh(tmp_path, caplog):
 
 def test_an_unreadable_lock_is_judged_by_its_age(tmp_path):
   _lock(tmp_path).write_text("")  # A run killed between create and write.
-  with pytest.raises(AeasdError, match="by a run that is starting, or is"
-                     " damaged"):
+  with pytest.raises(
+    AeasdError, match="by a run that is starting, or is damaged"
+  ):
     with workdir_lock.hold(tmp_path, 60.0):
       pass
   os.utime(_lock(tmp_path), (time.time() - 120, time.time() - 120))
@@ -148,8 +164,11 @@ def test_a_racing_takeover_puts_a_fresh_lock_back(tmp_path):
 
 @pytest.mark.parametrize("value", [0, -1.0, float("nan"), "60", True])
 def test_the_stale_setting_must_be_a_positive_number(tmp_path, value):
-  with pytest.raises(AeasdError, match=r"config.workdir_lock_stale_s=.*:"
-                     " expected a positive number of seconds"):
+  with pytest.raises(
+    AeasdError,
+    match=r"config.workdir_lock_stale_s=.*:"
+    " expected a positive number of seconds",
+  ):
     with workdir_lock.hold(tmp_path, value):
       pass
 
@@ -157,18 +176,20 @@ def test_the_stale_setting_must_be_a_positive_number(tmp_path, value):
 def test_other_processes_raise_what_process_0_got(tmp_path, monkeypatch):
   message = "workdir w is in use by train.py (pid 1 on host h, since t)"
   sent = np.zeros(workdir_lock._MESSAGE_BYTES, np.int32)
-  sent[:len(message)] = np.frombuffer(message.encode(), np.uint8)
+  sent[: len(message)] = np.frombuffer(message.encode(), np.uint8)
   monkeypatch.setattr(workdir_lock.jax, "process_count", lambda: 2)
   monkeypatch.setattr(workdir_lock.jax, "process_index", lambda: 1)
-  monkeypatch.setattr(workdir_lock.multihost_utils, "broadcast_one_to_all",
-                      lambda x: sent)
+  monkeypatch.setattr(
+    workdir_lock.multihost_utils, "broadcast_one_to_all", lambda x: sent
+  )
   with pytest.raises(AeasdError) as raised:
     with workdir_lock.hold(tmp_path, 60.0):
       pass
   assert str(raised.value) == message
   assert not _lock(tmp_path).exists()  # Only process 0 takes the lock.
-  monkeypatch.setattr(workdir_lock.multihost_utils, "broadcast_one_to_all",
-                      np.zeros_like)
+  monkeypatch.setattr(
+    workdir_lock.multihost_utils, "broadcast_one_to_all", np.zeros_like
+  )
   with workdir_lock.hold(tmp_path, 60.0):  # Process 0 got the lock.
     pass
 
@@ -177,8 +198,11 @@ def test_process_0_shares_its_error(tmp_path, monkeypatch):
   _write_lock(tmp_path)
   shared = []
   monkeypatch.setattr(workdir_lock.jax, "process_count", lambda: 2)
-  monkeypatch.setattr(workdir_lock.multihost_utils, "broadcast_one_to_all",
-                      lambda x: shared.append(x) or x)
+  monkeypatch.setattr(
+    workdir_lock.multihost_utils,
+    "broadcast_one_to_all",
+    lambda x: shared.append(x) or x,
+  )
   with pytest.raises(AeasdError) as raised:
     with workdir_lock.hold(tmp_path, 60.0):
       pass
@@ -199,14 +223,21 @@ _HOLDER = textwrap.dedent("""
 def test_a_killed_holder_process_is_taken_over(tmp_path, caplog, reaped):
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   holder = subprocess.Popen(
-      [sys.executable, "-c", _HOLDER, str(tmp_path)], cwd=repo,
-      env=dict(os.environ, JAX_PLATFORMS="cpu"), stdout=subprocess.PIPE,
-      text=True)
+    [sys.executable, "-c", _HOLDER, str(tmp_path)],
+    cwd=repo,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    stdout=subprocess.PIPE,
+    text=True,
+  )
   try:
     assert holder.stdout.readline() == "held\n"
-    with pytest.raises(AeasdError, match=(
+    with pytest.raises(
+      AeasdError,
+      match=(
         rf"in use by train.py \(pid {holder.pid} on host"
-        rf" {socket.gethostname()}, .*Wait for it to finish")):
+        rf" {socket.gethostname()}, .*Wait for it to finish"
+      ),
+    ):
       with workdir_lock.hold(tmp_path, 60.0):
         pass
     os.kill(holder.pid, signal.SIGKILL)

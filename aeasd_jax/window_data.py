@@ -1,10 +1,10 @@
-"""Training data on the device: one frame array and each group's window starts.
+"""Training windows: one frame array and each group's window start rows.
 
 Frames are stored once; the 5-frame vectors are gathered on the device, so
-nothing is copied five times on the host.
+nothing is copied five times on the host. The arrays are built on the host
+(ClipFrames reads the feature cache lazily) and placed by the trainer.
 """
 
-import dataclasses
 import hashlib
 from typing import NamedTuple
 
@@ -14,71 +14,9 @@ import numpy as np
 from aeasd_jax.errors import AeasdError
 
 
-@dataclasses.dataclass(frozen=True)
-class Group:
-  """The clips one model (times seeds) trains on, and those it is tested on."""
-  name: str  # "fan", or "fan/id_00" with group_by="type_id".
-  train_clips: np.ndarray  # Cache clip indices used for gradient steps.
-  val_clips: np.ndarray  # Normal training clips held out for validation.
-  test_clips: np.ndarray  # Dev and eval test clips of this group.
-
-
 def stable_hash(text):
   """A 31-bit hash of a string that does not change between runs."""
   return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") >> 1
-
-
-def make_groups(clips, *, group_by, use_eval_train, validation_split, seed):
-  """Splits cached clips into per-group train, validation and test sets.
-
-  Args:
-    clips: the cache's dcase.Clip tuple; indices refer to it.
-    group_by: "type" (one model per machine type, as the baseline) or
-      "type_id" (one per machine type and id).
-    use_eval_train: also train on eval_data/*/train (DCASE's additional
-      training data).
-    validation_split: fraction of each group's training clips held out.
-    seed: fixes which clips are held out.
-
-  Returns:
-    Groups sorted by name.
-  """
-  def group_name(clip):
-    if group_by == "type":
-      return clip.machine_type
-    return f"{clip.machine_type}/{clip.machine_id}"
-
-  train, test = {}, {}
-  for i, clip in enumerate(clips):
-    if clip.split == "test":
-      test.setdefault(group_name(clip), []).append(i)
-    elif clip.section == "dev" or use_eval_train:
-      train.setdefault(group_name(clip), []).append(i)
-  groups = []
-  for name in sorted(train):
-    indices = np.asarray(train[name], np.int64)
-    rng = np.random.default_rng([seed, stable_hash(name)])
-    shuffled = rng.permutation(indices)
-    num_val = int(round(validation_split * len(indices)))
-    if validation_split > 0 and len(indices) > 1:
-      num_val = min(max(num_val, 1), len(indices) - 1)
-    groups.append(Group(name, np.sort(shuffled[num_val:]),
-                        np.sort(shuffled[:num_val]),
-                        np.asarray(test.get(name, []), np.int64)))
-  if not groups:
-    raise AeasdError("no training clips found; expected <type>/train/*.wav"
-                     " under config.data.root")
-  # A test clip of a group without a model would silently vanish from the
-  # scores and from the result files of a submission.
-  untrained = sorted(set(test) - set(train))
-  if untrained:
-    raise AeasdError(
-        f"no training clips for {', '.join(untrained)} with"
-        f" config.data.group_by={group_by!r} and"
-        f" config.data.use_eval_train={use_eval_train}, so their test clips"
-        " would go unscored; expected training clips for every test id (set"
-        " config.data.use_eval_train=True, or config.data.group_by='type')")
-  return groups
 
 
 class WindowData(NamedTuple):
@@ -87,6 +25,7 @@ class WindowData(NamedTuple):
   Row g of `train_starts` lists the first frame of every training window of
   group g, padded past `train_counts[g]`; likewise for validation.
   """
+
   frames: jnp.ndarray  # [total_frames, n_mels] float32
   train_starts: jnp.ndarray  # [groups, max_train_windows] int32
   train_counts: jnp.ndarray  # [groups] int32
@@ -98,14 +37,21 @@ def window_starts(lengths, frames_per_window):
   """First-frame offsets of every window of clips laid end to end."""
   offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
   return np.concatenate(
-      [o + np.arange(max(n - frames_per_window + 1, 0))
-       for o, n in zip(offsets, lengths)] or [np.zeros(0, np.int64)])
+    [
+      o + np.arange(max(n - frames_per_window + 1, 0))
+      for o, n in zip(offsets, lengths)
+    ]
+    or [np.zeros(0, np.int64)]
+  )
 
 
 def window_count(cache, clips, frames_per_window):
   """How many windows the given cached clips hold."""
-  return int(np.maximum(cache.lengths[np.asarray(clips, np.int64)]
-                        - frames_per_window + 1, 0).sum())
+  return int(
+    np.maximum(
+      cache.lengths[np.asarray(clips, np.int64)] - frames_per_window + 1, 0
+    ).sum()
+  )
 
 
 def check_clip_lengths(cache, clips, frames_per_window):
@@ -116,16 +62,17 @@ def check_clip_lengths(cache, clips, frames_per_window):
     first = cache.clips[short[0]]
     more = f" (and {len(short) - 1} more clips)" if len(short) > 1 else ""
     raise AeasdError(
-        f"{first.path}: {cache.lengths[short[0]]} frames{more}, fewer than"
-        f" config.model.frames={frames_per_window}; expected clips of at least"
-        f" {frames_per_window} frames, or a smaller config.model.frames")
+      f"{first.path}: {cache.lengths[short[0]]} frames{more}, fewer than"
+      f" config.model.frames={frames_per_window}; expected clips of at least"
+      f" {frames_per_window} frames, or a smaller config.model.frames"
+    )
 
 
 def _padded_rows(rows, width=1):
   width = max(width, max(len(r) for r in rows))
   out = np.zeros((len(rows), width), np.int32)
   for i, r in enumerate(rows):
-    out[i, :len(r)] = r
+    out[i, : len(r)] = r
   return out, np.asarray([len(r) for r in rows], np.int32)
 
 
@@ -159,8 +106,9 @@ class ClipFrames:
       if clip_start >= stop:
         break
       lo, hi = max(start, clip_start), min(stop, self.ends[i])
-      out[lo - start:hi - start] = self.cache.clip_frames(self.clips[i])[
-          lo - clip_start:hi - clip_start]
+      out[lo - start : hi - start] = self.cache.clip_frames(self.clips[i])[
+        lo - clip_start : hi - clip_start
+      ]
     return out
 
   def __array__(self, dtype=None, copy=None):
@@ -168,8 +116,15 @@ class ClipFrames:
     return self[:].astype(dtype or np.float32)
 
 
-def host_windows(cache, train_lists, val_lists, frames_per_window, *,
-                 min_frames=0, min_windows=0):
+def host_windows(
+  cache,
+  train_lists,
+  val_lists,
+  frames_per_window,
+  *,
+  min_frames=0,
+  min_windows=0,
+):
   """Host WindowData for per-group lists of cached clip indices.
 
   Args:
@@ -192,19 +147,26 @@ def host_windows(cache, train_lists, val_lists, frames_per_window, *,
   frames = ClipFrames(cache, order, max(min_frames, int(lengths.sum())))
   starts = window_starts(lengths, frames_per_window)
   clip_end = np.concatenate([[0], np.cumsum(lengths - frames_per_window + 1)])
-  clip_count = np.concatenate([[0], np.cumsum([len(l) for l in lists])])
-  rows = [starts[clip_end[a]:clip_end[b]]
-          for a, b in zip(clip_count[:-1], clip_count[1:])]
-  train_starts, train_counts = _padded_rows(rows[:len(train_lists)],
-                                            min_windows)
-  val_starts, val_counts = _padded_rows(rows[len(train_lists):])
+  clip_count = np.concatenate([[0], np.cumsum([len(clips) for clips in lists])])
+  rows = [
+    starts[clip_end[a] : clip_end[b]]
+    for a, b in zip(clip_count[:-1], clip_count[1:])
+  ]
+  train_starts, train_counts = _padded_rows(
+    rows[: len(train_lists)], min_windows
+  )
+  val_starts, val_counts = _padded_rows(rows[len(train_lists) :])
   return WindowData(frames, train_starts, train_counts, val_starts, val_counts)
 
 
 def gather_host_windows(cache, groups, frames_per_window):
   """Host WindowData of every group's training and validation clips."""
-  return host_windows(cache, [g.train_clips for g in groups],
-                      [g.val_clips for g in groups], frames_per_window)
+  return host_windows(
+    cache,
+    [g.train_clips for g in groups],
+    [g.val_clips for g in groups],
+    frames_per_window,
+  )
 
 
 def stream_chunks(cache, groups, frames_per_window, chunk_clips, epoch, seed):
@@ -226,16 +188,21 @@ def stream_chunks(cache, groups, frames_per_window, chunk_clips, epoch, seed):
   for g in groups:
     rng = np.random.default_rng([seed, stable_hash(g.name), epoch])
     order = rng.permutation(g.train_clips)
-    chunks_of.append([order[i:i + chunk_clips]
-                      for i in range(0, len(order), chunk_clips)])
+    chunks_of.append(
+      [order[i : i + chunk_clips] for i in range(0, len(order), chunk_clips)]
+    )
   num_chunks = max(len(chunks) for chunks in chunks_of)
   empty = np.zeros(0, np.int64)
   for c in range(num_chunks):
     lists = [chunks[c] if c < len(chunks) else empty for chunks in chunks_of]
     yield host_windows(
-        cache, lists, [empty] * len(groups), frames_per_window,
-        min_frames=len(groups) * chunk_clips * longest,
-        min_windows=chunk_clips * (longest - frames_per_window + 1))
+      cache,
+      lists,
+      [empty] * len(groups),
+      frames_per_window,
+      min_frames=len(groups) * chunk_clips * longest,
+      min_windows=chunk_clips * (longest - frames_per_window + 1),
+    )
 
 
 def gather_windows(frames, starts, frames_per_window):
@@ -254,5 +221,6 @@ def split_window(window, interpolate):
     return flat, flat
   centre = window.shape[-2] // 2
   context = jnp.concatenate(
-      [window[..., :centre, :], window[..., centre + 1:, :]], axis=-2)
+    [window[..., :centre, :], window[..., centre + 1 :, :]], axis=-2
+  )
   return context.reshape(*window.shape[:-2], -1), window[..., centre, :]

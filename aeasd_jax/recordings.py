@@ -1,0 +1,156 @@
+"""Scoring new recordings with a trained run, as a plant engineer would.
+
+Each file gets a score, its group's threshold and a decision, or its own
+error; printed one line a file, with names escaped so none can forge a line.
+"""
+
+import pathlib
+import re
+
+import jax
+import numpy as np
+
+from aeasd_jax import audio
+from aeasd_jax import cache
+from aeasd_jax import dataset
+from aeasd_jax import dcase
+from aeasd_jax import features as features_lib
+from aeasd_jax import group_scoring
+from aeasd_jax import workdir_files
+from aeasd_jax import workdir_weights
+from aeasd_jax.errors import AeasdError
+from aeasd_jax.errors import shown
+
+
+def _recording_paths(path):
+  path = pathlib.Path(path)
+  if path.is_file():
+    return [path]
+  if path.is_dir():
+    found = dcase.audio_files(path, recursive=True)
+    if found:
+      return found
+    raise AeasdError(f"--wav={path}: no .wav or .flac files in the folder")
+  raise AeasdError(f"--wav={path}: no such file or folder")
+
+
+def _group_of_recording(path, machine_type, group_names):
+  if machine_type in group_names:
+    return machine_type
+  match = re.search(r"id_\d+", path.name)
+  name = f"{machine_type}/{match.group(0)}" if match else None
+  if name not in group_names:
+    prefix = machine_type + "/"
+    trained_ids = [
+      g[len(prefix) :] for g in group_names if g.startswith(prefix)
+    ]
+    raise AeasdError(
+      f"{path}: this run has one model per machine type and id, and the"
+      f" file name gives no trained id of {machine_type}; expected a name"
+      f" containing one of {trained_ids}"
+    )
+  return name
+
+
+def score_recordings(workdir, path, *, machine_type=None, which="best"):
+  """Scores any recordings with a trained run and decides normal or anomaly.
+
+  Args:
+    workdir: the run's folder.
+    path: a file or a folder of .wav/.flac files.
+    machine_type: which type's model scores them; optional when the run
+      trained one type.
+    which: the --checkpoint value.
+
+  Returns:
+    One dict per file: path, and score, threshold and anomaly, or error.
+  """
+  workdir = pathlib.Path(workdir)
+  config = workdir_files.load_config(workdir)
+  group_names = workdir_files.read_groups(workdir)
+  types = sorted({g.split("/")[0] for g in group_names})
+  if machine_type is None and len(types) == 1:
+    machine_type = types[0]
+  if machine_type not in types:
+    raise AeasdError(
+      f"--machine_type={machine_type}: expected one of the"
+      f" types this run trained: {types}"
+    )
+  setup, params, batch_stats, tag = workdir_weights.load_weights(
+    config, workdir, group_names, which
+  )
+  thresholds = group_scoring.stored_thresholds(config, workdir, tag)
+  if thresholds is None:
+    features, groups = dataset.load(config)
+    thresholds = group_scoring.fit_thresholds(
+      config, workdir, features, groups, setup, params, batch_stats, tag
+    )
+  log_mel = jax.jit(lambda y: features_lib.log_mel(y, **dict(config.features)))
+  rows, clips, frames = [], [], []
+  for file in _recording_paths(path):
+    row = {"path": str(file)}
+    rows.append(row)
+    try:
+      group = _group_of_recording(file, machine_type, group_names)
+      wave = audio.read_audio(
+        file,
+        sample_rate=config.features.sample_rate,
+        resample=config.data.resample,
+        min_samples=config.features.n_fft,
+      )
+      mel = np.asarray(log_mel(wave))
+      if len(mel) < config.model.frames:
+        raise AeasdError(
+          f"{file}: {len(mel)} frames, fewer than"
+          f" config.model.frames={config.model.frames};"
+          " expected a longer recording"
+        )
+    except AeasdError as e:
+      row["error"] = str(e)
+      continue
+    row["group"] = group
+    clips.append(len(rows) - 1)
+    frames.append(mel)
+  if clips:
+    lengths = np.asarray([len(f) for f in frames], np.int64)
+    recordings = cache.FeatureCache(
+      directory=None,
+      frames=np.concatenate(frames),
+      clips=tuple(clips),
+      offsets=np.concatenate([[0], np.cumsum(lengths)[:-1]]),
+      lengths=lengths,
+      bad_files=(),
+    )
+    members = [
+      [i for i, c in enumerate(clips) if rows[c]["group"] == g]
+      for g in group_names
+    ]
+    scores = group_scoring.score_groups(
+      config, recordings, setup, params, batch_stats, members
+    )
+    for name, indices, per_seed in zip(group_names, members, scores):
+      for i, score in zip(indices, per_seed.mean(0)):
+        row = rows[clips[i]]
+        row.update(
+          score=float(score),
+          threshold=thresholds[name],
+          anomaly=bool(score > thresholds[name]),
+        )
+  # Tab-separated fields; a name holding a tab or newline is printed
+  # escaped, so it cannot forge a field or a line.
+  for row in rows:
+    if "error" in row:
+      print(f"{shown(row['path'])}\tERROR\t{shown(row['error'])}")
+    else:
+      verdict = "ANOMALY" if row["anomaly"] else "normal"
+      print(
+        f"{shown(row['path'])}\t{row['score']:.6g}\t(threshold"
+        f" {row['threshold']:.6g})\t{verdict}"
+      )
+  if not clips:
+    raise AeasdError(
+      f"--wav={shown(path)}: none of the {len(rows)} file(s)"
+      " could be scored (each one's error is printed above);"
+      " expected readable recordings"
+    )
+  return rows
