@@ -2,11 +2,10 @@
 
 A cache is one float32 file of all frames of all clips plus a JSON index.
 It is built in a temporary folder and renamed into place, so an interrupted
-build never leaves a cache that loads.
+build never leaves a cache that loads; a build evicts the builds it
+supersedes once no process reads them.
 """
 
-import collections
-import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -14,15 +13,12 @@ import logging
 import os
 import pathlib
 import shutil
-import sys
-import time
 
-import jax
 import numpy as np
 
-from aeasd_jax import audio
+from aeasd_jax import cache_compute
+from aeasd_jax import cache_folders
 from aeasd_jax import dcase
-from aeasd_jax import features
 from aeasd_jax.errors import AeasdError
 
 log = logging.getLogger(__name__)
@@ -30,7 +26,9 @@ log = logging.getLogger(__name__)
 FRAMES_FILE = "frames.f32"
 INDEX_FILE = "index.json"
 BAD_FILES_REPORT = "bad_files.txt"
-FORMAT_VERSION = 1
+LOCK_FILE = cache_folders.LOCK_FILE
+# 2: the index holds the lineage and a digest of each clip's file.
+FORMAT_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,15 +41,60 @@ class FeatureCache:
   offsets: np.ndarray  # [num_clips] int64, first frame of each clip.
   lengths: np.ndarray  # [num_clips] int64, frames of each clip.
   bad_files: tuple  # "path: reason" for each file left out.
+  # blake2b-256 hex digest of each clip's file bytes, in clip order.
+  digests: tuple = ()
+  # The shared lock that keeps other processes from evicting this cache;
+  # released when the FeatureCache is garbage-collected. (Frames mapped
+  # before an eviction stay readable: a deleted file lives on while mapped.)
+  hold: object = dataclasses.field(default=None, repr=False, compare=False)
 
   def clip_frames(self, i):
     return self.frames[self.offsets[i] : self.offsets[i] + self.lengths[i]]
 
 
-def cache_key(clips, feature_params, audio_params):
-  """A hash of everything the cached frames depend on."""
-  digest = hashlib.sha256()
-  digest.update(
+def _file_version(path):
+  """What tells one version of a file from another, without reading it.
+
+  Not a hash of the bytes: that would read the whole dataset (~10 GB for
+  DCASE) at every run just to find its cache. st_ctime_ns is the guard: the
+  kernel sets it to the current time on every write, truncation, rename and
+  utime, and no system call sets it to a chosen value, so audio replaced
+  with its old size and mtime restored (cp -p, rsync -a, tar x, os.utime)
+  still changes the key. st_ino tells a
+  file renamed over the clip (what rsync does) even with a clock set back.
+  st_dev is left out: NFS, FUSE and LVM device numbers can change at a
+  reboot, which would rebuild every cache for nothing, and the path already
+  names the filesystem. What changes ctime but not the audio (chmod, chown,
+  a new hard link) costs a rebuild, never stale frames. A filesystem that
+  keeps no ctime of its own (some FUSE and SMB mounts) is guarded by size and
+  mtime alone.
+  """
+  try:
+    st = os.stat(path)
+  except OSError:
+    # read_audio reports the file as bad, with the others, while building.
+    return "unreadable"
+  return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+
+def _lineage(clips, feature_params, audio_params):
+  """What a cache is for, apart from the files' versions.
+
+  A build evicts the other builds of its lineage: the same clip paths and
+  settings, older versions of the files.
+  """
+  digest = hashlib.sha256(
+    json.dumps(
+      {"features": feature_params, "audio": audio_params}, sort_keys=True
+    ).encode()
+  )
+  for clip in clips:
+    digest.update(f"{clip.path}\n".encode())
+  return digest.hexdigest()[:12]
+
+
+def _key(clips, versions, feature_params, audio_params):
+  digest = hashlib.sha256(
     json.dumps(
       {
         "version": FORMAT_VERSION,
@@ -61,15 +104,20 @@ def cache_key(clips, feature_params, audio_params):
       sort_keys=True,
     ).encode()
   )
-  for clip in clips:
-    try:
-      stat = os.stat(clip.path)
-      version = f"{stat.st_size}\0{stat.st_mtime_ns}"
-    except OSError:
-      # read_audio reports the file as bad, with the others, while building.
-      version = "unreadable"
+  for clip, version in zip(clips, versions):
     digest.update(f"{clip.path}\0{version}\n".encode())
-  return digest.hexdigest()[:20]
+  lineage = _lineage(clips, feature_params, audio_params)
+  return f"{lineage}-{digest.hexdigest()[:20]}"
+
+
+def cache_key(clips, feature_params, audio_params):
+  """The cache's folder name: its lineage, then a hash of every input.
+
+  The hash covers the format, the settings, and each clip's path and
+  _file_version.
+  """
+  versions = [_file_version(c.path) for c in clips]
+  return _key(clips, versions, feature_params, audio_params)
 
 
 def build_or_load(
@@ -107,21 +155,26 @@ def build_or_load(
       "no clips to cache; check config.data.root and config.data.machine_types"
     )
   audio_params = {"resample": bool(resample)}
-  key = cache_key(clips, feature_params, audio_params)
-  directory = pathlib.Path(cache_dir) / key
-  if not directory.is_dir():
-    _build(
+  versions = [_file_version(c.path) for c in clips]
+  directory = pathlib.Path(cache_dir) / _key(
+    clips, versions, feature_params, audio_params
+  )
+  hold = cache_folders.hold(directory)
+  built = hold is None
+  if built:
+    hold = _build(
       directory,
       clips,
+      versions,
       feature_params,
-      resample,
+      audio_params,
       skip_bad_files,
       num_workers,
       batch_size,
       batch_seconds,
       show_progress,
     )
-  cache = load(directory)
+  cache = _open(directory, hold)
   if cache.bad_files and not skip_bad_files:
     # The cache was built with skip_bad_files=True; this run asked to stop.
     raise _bad_files_error(cache.bad_files)
@@ -131,12 +184,33 @@ def build_or_load(
       len(cache.bad_files),
       directory / BAD_FILES_REPORT,
     )
+  # Also when only loading: a build another process still read is left for
+  # a later run to evict.
+  cache_folders.evict_superseded(directory)
+  if built:
+    log.info(
+      "feature cache: %d clips, %s in %s; the cache folder holds %s in all",
+      len(cache.clips),
+      cache_folders.megabytes(cache_folders.folder_bytes(directory)),
+      directory,
+      cache_folders.megabytes(cache_folders.folder_bytes(directory.parent)),
+    )
   return cache
 
 
 def load(directory):
   """Opens a built cache, checking that its index and frames agree."""
   directory = pathlib.Path(directory)
+  hold = cache_folders.hold(directory)
+  if hold is None:
+    raise AeasdError(
+      f"feature cache {directory}: no such cache (or another process"
+      " removed it as superseded); expected a built cache folder"
+    )
+  return _open(directory, hold)
+
+
+def _open(directory, hold):
   try:
     with open(directory / INDEX_FILE) as f:
       index = json.load(f)
@@ -175,7 +249,14 @@ def load(directory):
   offsets = np.cumsum(lengths) - lengths
   clips = tuple(dcase.Clip(**c) for c in body["clips"])
   return FeatureCache(
-    directory, frames, clips, offsets, lengths, tuple(body["bad_files"])
+    directory,
+    frames,
+    clips,
+    offsets,
+    lengths,
+    tuple(body["bad_files"]),
+    tuple(body["digests"]),
+    hold,
   )
 
 
@@ -194,42 +275,56 @@ def _checksum(body):
 def _build(
   directory,
   clips,
+  versions,
   feature_params,
-  resample,
+  audio_params,
   skip_bad_files,
   num_workers,
   batch_size,
   batch_seconds,
   show_progress,
 ):
-  """Computes all frames into a temporary folder, then renames it."""
+  """Computes all frames into a temporary folder, then renames it.
+
+  Returns:
+    The cache_folders.Hold on the finished cache, taken before it was visible.
+  """
   directory.parent.mkdir(parents=True, exist_ok=True)
-  _remove_abandoned_builds(directory)
-  tmp = directory.parent / f".tmp-{directory.name}-{os.getpid()}"
+  cache_folders.remove_abandoned(directory.parent)
+  tmp = (
+    directory.parent
+    / f"{cache_folders.TMP_PREFIX}{directory.name}-{os.getpid()}"
+  )
   shutil.rmtree(tmp, ignore_errors=True)
-  tmp.mkdir()
+  hold = None
   try:
-    kept, lengths, bad = _compute_frames(
+    tmp.mkdir()
+    hold = cache_folders.hold_new(tmp)
+    kept, lengths, digests, bad = cache_compute.compute_frames(
       tmp / FRAMES_FILE,
       clips,
       feature_params,
-      resample,
+      audio_params["resample"],
       num_workers,
       batch_size,
       batch_seconds,
       show_progress,
     )
+    _check_unchanged(clips, versions)
     if bad and not skip_bad_files:
       raise _bad_files_error(bad)
     if bad:
       (tmp / BAD_FILES_REPORT).write_text("\n".join(bad) + "\n")
     body = {
       "key": directory.name,
+      "lineage": directory.name.split("-")[0],
       "version": FORMAT_VERSION,
       "n_mels": feature_params["n_mels"],
       "features": feature_params,
+      "audio": audio_params,
       "clips": [dataclasses.asdict(c) for c in kept],
       "lengths": lengths,
+      "digests": digests,
       "bad_files": bad,
     }
     with open(tmp / INDEX_FILE, "w") as f:
@@ -242,6 +337,15 @@ def _build(
       # Another process finished the same cache first; theirs is identical.
       if not directory.is_dir():
         raise
+      hold.release()
+      hold = cache_folders.hold(directory)
+      if hold is None:
+        raise AeasdError(
+          f"feature cache {directory}: removed by another process as"
+          " superseded while this one built it; expected the audio files"
+          " to stay unchanged while a run starts; run again"
+        ) from None
+    return hold
   except OSError as e:
     raise AeasdError(
       f"cannot write the feature cache under {directory.parent}"
@@ -252,130 +356,20 @@ def _build(
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _remove_abandoned_builds(directory):
-  """Deletes temporary folders of builds whose process was killed."""
-  for tmp in directory.parent.glob(f".tmp-{directory.name}-*"):
-    try:
-      os.kill(int(tmp.name.rsplit("-", 1)[1]), 0)
-    except ProcessLookupError:
-      shutil.rmtree(tmp, ignore_errors=True)
-    except (ValueError, PermissionError):
-      pass  # Not ours to judge: a foreign name or another user's process.
+def _check_unchanged(clips, versions):
+  """Refuses frames of files that changed while they were read.
 
-
-def _compute_frames(
-  frames_path,
-  clips,
-  feature_params,
-  resample,
-  num_workers,
-  batch_size,
-  batch_seconds,
-  show_progress,
-):
-  """Decodes clips on threads and runs log-mel in batches on the device."""
-  log_mel = jax.jit(lambda y: features.log_mel(y, **feature_params))
-  decode = lambda clip: _decode(clip, feature_params, resample)
-  budget = batch_seconds * feature_params["sample_rate"]
-  kept, lengths, bad, pending = [], [], [], []
-  start = time.perf_counter()
-
-  def clips_per_call(samples):
-    # One 10-minute clip among 10-second ones must not be padded to
-    # batch_size copies of itself.
-    return min(batch_size, max(1, int(budget // samples)))
-
-  def flush(out):
-    # One program per clip length: pad every call to the same clip count.
-    waves = np.stack([w for _, w in pending])
-    padded = np.zeros(
-      (clips_per_call(waves.shape[1]), waves.shape[1]), np.float32
-    )
-    padded[: len(waves)] = waves
-    mels = np.asarray(log_mel(padded))[: len(waves)]
-    for (clip, _), mel in zip(pending, mels):
-      out.write(np.ascontiguousarray(mel, np.float32).tobytes())
-      kept.append(clip)
-      lengths.append(int(mel.shape[0]))
-    pending.clear()
-
-  with (
-    open(frames_path, "wb") as out,
-    concurrent.futures.ThreadPoolExecutor(num_workers) as pool,
-    _ProgressLine(show_progress) as progress,
-  ):
-    decoded = _in_order(pool, decode, clips, window=4 * num_workers)
-    for done, (clip, result) in enumerate(decoded, 1):
-      if isinstance(result, AeasdError):
-        bad.append(str(result))
-      else:
-        if pending and (
-          len(pending) == clips_per_call(pending[0][1].shape[0])
-          or pending[0][1].shape != result.shape
-        ):
-          flush(out)
-        pending.append((clip, result))
-      if done % 50 == 0 or done == len(clips):
-        rate = done / (time.perf_counter() - start)
-        progress.show(
-          f"feature cache: {done}/{len(clips)} clips, {rate:.0f} clips/s"
-        )
-    if pending:
-      flush(out)
-    out.flush()
-    os.fsync(out.fileno())
-  return kept, lengths, bad
-
-
-class _ProgressLine:
-  """A stderr line rewritten in place, ended however the work stops.
-
-  Without the newline on the way out, an error raised mid-build would be
-  printed on the end of the progress line.
+  Their frames could be of either version, under the key of the old one.
   """
-
-  def __init__(self, enabled):
-    self._enabled = enabled
-    self._shown = False
-
-  def show(self, text):
-    if self._enabled:
-      sys.stderr.write(f"\r{text}")
-      sys.stderr.flush()
-      self._shown = True
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc_info):
-    if self._shown:
-      sys.stderr.write("\n")
-      sys.stderr.flush()
-
-
-def _in_order(pool, fn, items, window):
-  """Yields (item, fn(item)) in order with at most `window` calls in flight.
-
-  Unlike pool.map, it does not decode the whole dataset into memory ahead of
-  the device.
-  """
-  in_flight = collections.deque()
-  for item in items:
-    in_flight.append((item, pool.submit(fn, item)))
-    if len(in_flight) >= window:
-      head, future = in_flight.popleft()
-      yield head, future.result()
-  for head, future in in_flight:
-    yield head, future.result()
-
-
-def _decode(clip, feature_params, resample):
-  try:
-    return audio.read_audio(
-      clip.path,
-      sample_rate=feature_params["sample_rate"],
-      resample=resample,
-      min_samples=feature_params["n_fft"],
+  changed = [
+    c.path
+    for c, version in zip(clips, versions)
+    if _file_version(c.path) != version
+  ]
+  if changed:
+    raise AeasdError(
+      f"{changed[0]}: changed while the feature cache was built"
+      f" ({len(changed)} file(s) changed); expected the audio files to"
+      " stay unchanged during a build; run again to build from the new"
+      " files"
     )
-  except AeasdError as e:
-    return e

@@ -8,15 +8,17 @@ import inspect
 import math
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
+from aeasd_jax import feature_checks
 from aeasd_jax.errors import AeasdError
 
 # The baseline adds Python's float epsilon before the log, not a float32 one.
 _DCASE_EPS = sys.float_info.epsilon
-_PAD_MODES = ('constant', 'reflect')
-_NORMS = ('slaney', None)
+# Significant binary digits of ClipLogMel's frame-count buckets.
+_BUCKET_BITS = 3
 
 # Slaney's mel scale is linear below 1 kHz and logarithmic above it.
 _SLANEY_HZ_PER_MEL = 200.0 / 3.0
@@ -48,130 +50,6 @@ def _mel_to_hz(mel, htk):
   return np.where(mel >= _SLANEY_BREAK_MEL, log, linear)
 
 
-# Keeps a typo such as n_fft=10**7 from allocating hundreds of GiB before it
-# fails; 65536 (4 s at 16 kHz) is far beyond any useful analysis window.
-MAX_N_FFT = 65536
-
-
-def _require(ok, prefix, name, value, expected):
-  if not ok:
-    raise AeasdError(f'{prefix}{name}={value!r}: expected {expected}')
-
-
-def _is_int(value):
-  return isinstance(value, (int, np.integer)) and not isinstance(
-    value, (bool, np.bool_)
-  )
-
-
-def _is_number(value):
-  return (
-    not isinstance(value, (bool, np.bool_))
-    and isinstance(value, (int, float, np.integer, np.floating))
-    and -math.inf < value < math.inf
-  )
-
-
-def _check_int_in(prefix, name, value, low, high, why=''):
-  _require(
-    _is_int(value) and low <= value <= high,
-    prefix,
-    name,
-    value,
-    f'an integer in [{low}, {high}]{why}',
-  )
-
-
-def _check_positive_int(name, value):
-  _require(_is_int(value) and value > 0, '', name, value, 'a positive integer')
-
-
-def _check_mel_args(
-  sample_rate, n_fft, n_mels, fmin, fmax, htk, norm, prefix=''
-):
-  """The checks mel_filterbank and log_mel share; see check_params."""
-  _require(
-    _is_number(sample_rate) and sample_rate > 0 and sample_rate % 1 == 0,
-    prefix,
-    'sample_rate',
-    sample_rate,
-    'a positive whole number of Hz',
-  )
-  _check_int_in(prefix, 'n_fft', n_fft, 1, MAX_N_FFT)
-  bins = n_fft // 2 + 1
-  _check_int_in(
-    prefix,
-    'n_mels',
-    n_mels,
-    1,
-    bins,
-    f' (n_fft // 2 + 1 frequency bins for n_fft={n_fft})',
-  )
-  _require(
-    isinstance(htk, (bool, np.bool_)), prefix, 'htk', htk, 'True or False'
-  )
-  _require(
-    norm is None or (isinstance(norm, str) and norm in _NORMS),
-    prefix,
-    'norm',
-    norm,
-    "'slaney' or None",
-  )
-  nyquist = sample_rate / 2
-  _require(
-    _is_number(fmin) and 0 <= fmin < nyquist,
-    prefix,
-    'fmin',
-    fmin,
-    f'a number of Hz in [0, {nyquist:g}) (below sample_rate / 2)',
-  )
-  _require(
-    fmax is None or (_is_number(fmax) and fmin < fmax <= nyquist),
-    prefix,
-    'fmax',
-    fmax,
-    f'None or a number of Hz in ({fmin:g}, {nyquist:g}] (above fmin,'
-    ' at most sample_rate / 2)',
-  )
-
-
-def _check_log_mel_args(
-  sample_rate,
-  n_fft,
-  hop_length,
-  n_mels,
-  power,
-  htk,
-  norm,
-  pad_mode,
-  log_floor,
-  fmin,
-  fmax,
-  prefix='',
-):
-  _check_mel_args(sample_rate, n_fft, n_mels, fmin, fmax, htk, norm, prefix)
-  _check_int_in(
-    prefix, 'hop_length', hop_length, 1, n_fft, f' (at most n_fft={n_fft})'
-  )
-  _require(
-    _is_number(power) and power > 0, prefix, 'power', power, 'a positive number'
-  )
-  _require(
-    isinstance(pad_mode, str) and pad_mode in _PAD_MODES,
-    prefix,
-    'pad_mode',
-    pad_mode,
-    "'constant' or 'reflect'",
-  )
-  _require(
-    log_floor is None or (_is_number(log_floor) and log_floor > 0),
-    prefix,
-    'log_floor',
-    log_floor,
-    'None or a positive number',
-  )
-
-
 def check_params(params, prefix=''):
   """Raises AeasdError unless `params` are valid log_mel keyword arguments.
 
@@ -193,7 +71,7 @@ def check_params(params, prefix=''):
     )
   arguments = {n: signature.parameters[n].default for n in names}
   arguments.update(params)
-  _check_log_mel_args(**arguments, prefix=prefix)
+  feature_checks.check_log_mel_args(**arguments, prefix=prefix)
 
 
 def mel_filterbank(
@@ -218,7 +96,9 @@ def mel_filterbank(
   Raises:
     AeasdError: if an argument is out of range.
   """
-  _check_mel_args(sample_rate, n_fft, n_mels, fmin, fmax, htk, norm)
+  feature_checks.check_mel_args(
+    sample_rate, n_fft, n_mels, fmin, fmax, htk, norm
+  )
   if fmax is None:
     fmax = sample_rate / 2
   fft_hz = np.fft.rfftfreq(n_fft, d=1.0 / sample_rate)
@@ -317,7 +197,7 @@ def log_mel(
     AeasdError: if an argument is out of range or `y` is too short.
   """
   # Checked before the cached lookup so unhashable values get an AeasdError.
-  _check_log_mel_args(
+  feature_checks.check_log_mel_args(
     sample_rate,
     n_fft,
     hop_length,
@@ -330,26 +210,56 @@ def log_mel(
     fmin,
     fmax,
   )
-  filterbank = _cached_filterbank(
-    sample_rate, n_fft, n_mels, fmin, fmax, htk, norm
-  )
-
   y = jnp.asarray(y, dtype=jnp.float32)
   if y.ndim < 1:
     raise AeasdError(f'y must have a samples axis, got shape {y.shape}.')
-  n_samples = y.shape[-1]
+  _check_samples(y.shape[-1], n_fft, pad_mode)
   pad = n_fft // 2
+  padded = jnp.pad(y, [(0, 0)] * (y.ndim - 1) + [(pad, pad)], mode=pad_mode)
+  return _log_mel_of_padded(
+    padded,
+    sample_rate,
+    n_fft,
+    hop_length,
+    n_mels,
+    power,
+    htk,
+    norm,
+    log_floor,
+    fmin,
+    fmax,
+  )
+
+
+def _check_samples(n_samples, n_fft, pad_mode):
   # torch's reflect padding needs pad < length, so shorter clips have no
   # torchaudio result to match.
-  min_samples = pad + 1 if pad_mode == 'reflect' else 1
+  min_samples = n_fft // 2 + 1 if pad_mode == 'reflect' else 1
   if n_samples < min_samples:
     raise AeasdError(
       f'y must have at least {min_samples} samples for n_fft={n_fft} and '
       f"pad_mode='{pad_mode}', got {n_samples}."
     )
 
-  padded = jnp.pad(y, [(0, 0)] * (y.ndim - 1) + [(pad, pad)], mode=pad_mode)
-  n_frames = 1 + (n_samples + 2 * pad - n_fft) // hop_length
+
+def _log_mel_of_padded(
+  padded,
+  sample_rate,
+  n_fft,
+  hop_length,
+  n_mels,
+  power,
+  htk,
+  norm,
+  log_floor,
+  fmin,
+  fmax,
+):
+  """log_mel after its centre padding: frame i starts at padded[i * hop]."""
+  filterbank = _cached_filterbank(
+    sample_rate, n_fft, n_mels, fmin, fmax, htk, norm
+  )
+  n_frames = 1 + (padded.shape[-1] - n_fft) // hop_length
   frames = padded[..., _cached_frame_index(n_frames, n_fft, hop_length)]
   spectrum = jnp.fft.rfft(frames * _cached_hann(n_fft), axis=-1)
   energy = jnp.real(spectrum) ** 2 + jnp.imag(spectrum) ** 2
@@ -363,6 +273,87 @@ def log_mel(
   else:
     mel = jnp.maximum(mel, log_floor)
   return (20.0 / power) * jnp.log10(mel)
+
+
+def bucket_frames(n_frames):
+  """The frame count a clip of `n_frames` frames is computed at by ClipLogMel.
+
+  n_frames rounded up to three significant binary digits (4, 5, 6, 7 times a
+  power of two): at most 25% more frames than the clip has, and at most four
+  programs per doubling of clip length. Powers of two alone would compile
+  fewer programs but cost up to twice the work: a 10 s DCASE clip's 313
+  frames would be computed as 512 instead of 320.
+  """
+  shift = max(0, int(n_frames).bit_length() - _BUCKET_BITS)
+  return -(-int(n_frames) >> shift) << shift
+
+
+class ClipLogMel:
+  """log_mel of clips of any length, compiled once per bucket of lengths.
+
+  jax.jit compiles a program for every input shape, so calling log_mel on
+  clips of 40 lengths compiles it 40 times. Here each clip is centre-padded
+  as log_mel pads it, then zero-padded to the length of bucket_frames(its
+  frame count) frames, and its frames are cut back to its own count. The
+  frames kept read exactly the samples log_mel's frames read (the zeros
+  added lie past the end of the last kept frame), so they equal log_mel's
+  up to the order XLA sums in for another shape.
+
+  Attributes:
+    shapes: the input shapes called so far, one compiled program each.
+  """
+
+  def __init__(self, params):
+    """`params`: log_mel's keyword arguments (config.features)."""
+    check_params(params)
+    signature = inspect.signature(log_mel)
+    args = {n: p.default for n, p in signature.parameters.items() if n != 'y'}
+    args.update(params)
+    self._n_fft = args['n_fft']
+    self._hop = args['hop_length']
+    self._pad_mode = args.pop('pad_mode')
+    self._log_mel = jax.jit(lambda padded: _log_mel_of_padded(padded, **args))
+    self.shapes = set()
+
+  def frames(self, n_samples):
+    """log_mel's frame count for a clip of `n_samples` samples."""
+    pad = self._n_fft // 2
+    return 1 + (n_samples + 2 * pad - self._n_fft) // self._hop
+
+  def padded_samples(self, n_samples):
+    """The length a clip of `n_samples` is computed at; one call, one length."""
+    return (bucket_frames(self.frames(n_samples)) - 1) * self._hop + self._n_fft
+
+  def __call__(self, waves, rows=None):
+    """Frames of each of `waves` ([samples] arrays of one padded length).
+
+    Args:
+      waves: 1-D waveforms whose padded_samples are equal.
+      rows: compute in a batch of this many rows (at least len(waves)), so
+        calls with fewer clips reuse the same program.
+
+    Returns:
+      A list of float32 arrays [frames(len(wave)), n_mels].
+    """
+    length = self.padded_samples(len(waves[0]))
+    if rows is not None and rows < len(waves):
+      raise AeasdError(f'ClipLogMel: rows={rows}; expected >= {len(waves)}')
+    batch = np.zeros((rows or len(waves), length), np.float32)
+    pad = self._n_fft // 2
+    for row, wave in zip(batch, waves):
+      wave = np.asarray(wave, np.float32)
+      if wave.ndim != 1 or self.padded_samples(len(wave)) != length:
+        raise AeasdError(
+          f'ClipLogMel: a wave of shape {wave.shape} in a call for padded'
+          f' length {length}; expected 1-D waves of one padded length'
+        )
+      _check_samples(len(wave), self._n_fft, self._pad_mode)
+      # The samples after the last kept frame's end are never read.
+      centred = np.pad(wave, pad, mode=self._pad_mode)[:length]
+      row[: len(centred)] = centred
+    self.shapes.add(batch.shape)
+    mels = np.asarray(self._log_mel(batch))
+    return [mel[: self.frames(len(w))] for mel, w in zip(mels, waves)]
 
 
 def stack_frames(logmel, frames=5):
@@ -382,7 +373,7 @@ def stack_frames(logmel, frames=5):
   Raises:
     AeasdError: if `frames` is not a positive integer or T < frames.
   """
-  _check_positive_int('frames', frames)
+  feature_checks.check_positive_int('frames', frames)
   logmel = jnp.asarray(logmel)
   if logmel.ndim < 2:
     raise AeasdError(

@@ -1,9 +1,13 @@
 """Feature-cache build speed in clips/s, against the baseline's librosa loop.
 
+Also what clips of many lengths cost: programs compiled and seconds, for a
+cache build and for log-mel one file at a time (as --wav scoring runs it).
+
 Usage: python benchmarks/feature_speed.py [--quick] [--out=features.json]
 """
 
 import argparse
+import functools
 import pathlib
 import statistics
 import sys
@@ -12,14 +16,17 @@ import time
 
 import jax
 import numpy as np
+import soundfile
 
 # configs/ and benchmarks/ sit beside the package, not inside it.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from aeasd_jax import audio
 from aeasd_jax import cache
 from aeasd_jax import dataset
 from aeasd_jax import dcase
+from aeasd_jax import features
 from aeasd_jax import runtime
 from aeasd_jax import synth
 from benchmarks import common
@@ -61,6 +68,98 @@ def time_librosa(clips, librosa):
   return time.perf_counter() - start
 
 
+class CompileCount:
+  """Counts XLA compiles, one per program, in a `with` block."""
+
+  def __enter__(self):
+    self.count = 0
+    jax.monitoring.register_event_duration_secs_listener(self._listen)
+    return self
+
+  def _listen(self, event, duration, **kwargs):
+    if event == "/jax/core/compile/backend_compile_duration":
+      self.count += 1
+
+  def __exit__(self, *exc_info):
+    jax.monitoring.unregister_event_duration_listener(self._listen)
+
+
+def write_clips(folder, seconds, sample_rate):
+  """Noise clips of the given lengths, as dcase.Clips."""
+  folder.mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  clips = []
+  for i, s in enumerate(seconds):
+    path = folder / f"normal_id_00_{i:08d}.wav"
+    x = 0.1 * rng.standard_normal(int(round(s * sample_rate)))
+    soundfile.write(path, x.astype(np.float32), sample_rate, subtype="PCM_16")
+    clips.append(dcase.parse_clip(path, "fan", "train", "dev"))
+  return clips
+
+
+def time_lengths(config, work, count, seconds):
+  """Programs and seconds for `count` clips of one length, then of many.
+
+  The many are `count` distinct lengths from `seconds` to twice that. Each
+  setting is timed three ways: a cache build into a fresh folder, log-mel
+  one file at a time through features.ClipLogMel (what --wav scoring does),
+  and the same with jax.jit(log_mel) (what --wav scoring did before the
+  lengths were bucketed), each with its compiles.
+  """
+  params = dataset.feature_params(config)
+  rate = config.features.sample_rate
+  settings = {
+    "one length": [seconds] * count,
+    "distinct lengths": [seconds * (1 + i / count) for i in range(count)],
+  }
+  records = []
+  for name, lengths in settings.items():
+    folder = work / "lengths" / name.replace(" ", "_")
+    clips = write_clips(folder / "data", lengths, rate)
+    record = {
+      "setting": name,
+      "clips": count,
+      "distinct_lengths": len({int(round(s * rate)) for s in lengths}),
+    }
+    with CompileCount() as compiles:
+      start = time.perf_counter()
+      cache.build_or_load(
+        clips,
+        params,
+        folder / "cache",
+        num_workers=config.data.decode_workers,
+        batch_size=config.data.feature_batch,
+        show_progress=False,
+      )
+    record.update(
+      cache_build_s=time.perf_counter() - start,
+      cache_build_programs=compiles.count,
+    )
+    per_file = {
+      "bucketed": lambda y, fn=features.ClipLogMel(params): fn([y])[0],
+      "unbucketed": jax.jit(functools.partial(features.log_mel, **params)),
+    }
+    for method, log_mel in per_file.items():
+      with CompileCount() as compiles:
+        start = time.perf_counter()
+        for clip in clips:
+          np.asarray(log_mel(audio.read_audio(clip.path, sample_rate=rate)))
+      record[f"per_file_{method}_s"] = time.perf_counter() - start
+      record[f"per_file_{method}_programs"] = compiles.count
+    print(
+      f"{name}: {count} clips of {record['distinct_lengths']} length(s)"
+      f" from {min(lengths):g} to {max(lengths):g} s: cache build"
+      f" {record['cache_build_s']:.2f} s, {record['cache_build_programs']}"
+      " program(s); per file"
+      f" {record['per_file_bucketed_s']:.2f} s,"
+      f" {record['per_file_bucketed_programs']} program(s) (unbucketed"
+      f" jit(log_mel): {record['per_file_unbucketed_s']:.2f} s,"
+      f" {record['per_file_unbucketed_programs']} program(s))"
+    )
+    records.append(record)
+  return records
+
+
 def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument(
@@ -88,6 +187,12 @@ def parse_args(argv):
     "--repeats",
     type=common.positive_int,
     help="cache builds; the median counts; default 3, 1 with --quick",
+  )
+  parser.add_argument(
+    "--length_clips",
+    type=common.positive_int,
+    help="clips of one length, then of as many distinct lengths, for the"
+    " programs-compiled comparison; default 40, 8 with --quick",
   )
   parser.add_argument("--out", help="write the JSON results here")
   return parser.parse_args(argv)
@@ -120,6 +225,12 @@ def main(argv=None):
       librosa = None
       print(f"librosa is not importable ({e}); skipping the comparison.")
     librosa_s = time_librosa(clips, librosa) if librosa else None
+    lengths = time_lengths(
+      config,
+      work,
+      args.length_clips or (8 if args.quick else 40),
+      args.seconds,
+    )
   # The first build compiles the log-mel program (seconds on a GPU); later
   # builds in this process reuse it, as a long build amortises it.
   first = len(clips) / build_s[0]
@@ -144,6 +255,7 @@ def main(argv=None):
     "cache_build_s": build_s,
     "first_build_clips_per_s": first,
     "ours_clips_per_s": ours,
+    "lengths": lengths,
   }
   if librosa_s is not None:
     theirs = len(clips) / librosa_s

@@ -95,6 +95,19 @@ def test_feature_speed_prints_clips_per_second(tmp_path):
   assert results["clips"] == 25  # 5 fan ids x (1 train + 2 + 2 test clips).
   assert math.isfinite(results["ours_clips_per_s"])
   assert results["ours_clips_per_s"] > 0
+  # Programs compiled, not seconds: 8 lengths from 1 to 1.875 s are 32 to
+  # 59 frames, in the buckets 32, 40, 48, 56 and 64.
+  one, many = results["lengths"]
+  assert (one["setting"], one["distinct_lengths"]) == ("one length", 1)
+  assert (many["setting"], many["distinct_lengths"]) == ("distinct lengths", 8)
+  for record in (one, many):
+    assert record["clips"] == 8
+    for field in ("cache_build_s", "per_file_bucketed_s"):
+      assert math.isfinite(record[field]) and record[field] > 0
+  assert one["cache_build_programs"] == one["per_file_bucketed_programs"] == 1
+  assert many["cache_build_programs"] == 5
+  assert many["per_file_bucketed_programs"] == 5
+  assert many["per_file_unbucketed_programs"] == 8
 
 
 def test_torch_peer_is_the_baseline_ae():

@@ -2,12 +2,18 @@
 
 import builtins
 import errno
+import fcntl
 import functools
+import gc
+import hashlib
 import json
+import logging
 import os
 import pathlib
 import re
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -16,6 +22,7 @@ import soundfile
 
 from aeasd_jax import audio
 from aeasd_jax import cache
+from aeasd_jax import cache_compute
 from aeasd_jax import dataset
 from aeasd_jax import dcase
 from aeasd_jax import features
@@ -73,20 +80,38 @@ def _assert_nothing_left(cache_dir, key):
 
 
 def _count_builds(monkeypatch):
-  """Wraps cache._compute_frames; returns the list of its calls."""
+  """Wraps cache_compute.compute_frames; returns the list of its calls."""
   calls = []
-  real = cache._compute_frames
+  real = cache_compute.compute_frames
 
   def counted(*args, **kwargs):
     calls.append(args[1])
     return real(*args, **kwargs)
 
-  monkeypatch.setattr(cache, "_compute_frames", counted)
+  monkeypatch.setattr(cache_compute, "compute_frames", counted)
   return calls
 
 
 def _no_rebuild(*args, **kwargs):
   raise AssertionError("the cache was rebuilt")
+
+
+def _trace_log_mel(monkeypatch, fail_on=None, interrupt=RuntimeError):
+  """Records the shape of each log-mel trace (one compiled program each).
+
+  The trace numbered `fail_on` (from 1) raises `interrupt`.
+  """
+  traced = []
+  real = features._log_mel_of_padded
+
+  def traced_log_mel(padded, *args, **kwargs):
+    traced.append(padded.shape)
+    if len(traced) == fail_on:
+      raise interrupt("interrupted")
+    return real(padded, *args, **kwargs)
+
+  monkeypatch.setattr(features, "_log_mel_of_padded", traced_log_mel)
+  return traced
 
 
 @pytest.mark.numerics
@@ -145,7 +170,7 @@ def test_second_call_loads_without_rebuilding(tmp_path, monkeypatch):
   calls = _count_builds(monkeypatch)
   first = cache.build_or_load(clips, FEATURES, cache_dir, **BUILD)
   assert len(calls) == 1
-  monkeypatch.setattr(cache, "_compute_frames", _no_rebuild)
+  monkeypatch.setattr(cache_compute, "compute_frames", _no_rebuild)
   second = cache.build_or_load(clips, FEATURES, cache_dir, **BUILD)
   assert second.directory == first.directory
   np.testing.assert_array_equal(second.frames, first.frames)
@@ -163,7 +188,7 @@ def test_feature_param_change_rebuilds(tmp_path, monkeypatch):
   assert second.directory != first.directory
   assert second.frames.shape == (first.frames.shape[0], 8)
   # Each setting keeps its own cache; the first still loads as it was.
-  monkeypatch.setattr(cache, "_compute_frames", _no_rebuild)
+  monkeypatch.setattr(cache_compute, "compute_frames", _no_rebuild)
   again = cache.build_or_load(clips, FEATURES, cache_dir, **BUILD)
   np.testing.assert_array_equal(again.frames, first.frames)
 
@@ -212,25 +237,278 @@ def test_file_size_change_rebuilds(tmp_path, monkeypatch):
   assert second.lengths[1:].tolist() == first.lengths[1:].tolist()
 
 
+def _replace_keeping_size_and_mtime(clip, index, how="in_place"):
+  """Puts another clip's audio, of the same size, in `clip`'s file.
+
+  Then restores the file's atime and mtime, as cp -p, rsync -a or tar do.
+  in_place rewrites the file's bytes; renamed_over renames a new file over
+  it, as rsync does.
+  """
+  path = pathlib.Path(clip.path)
+  before = os.stat(path)
+  other = _write_clip(path.parent / "other", index, seconds=0.5)
+  data = pathlib.Path(other.path).read_bytes()
+  assert len(data) == before.st_size and data != path.read_bytes()
+  if how == "in_place":
+    with open(path, "r+b") as f:
+      f.write(data)
+  else:
+    staged = path.with_name(".staged.wav")
+    staged.write_bytes(data)
+    os.replace(staged, path)
+  os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+  after = os.stat(path)
+  assert (after.st_size, after.st_mtime_ns) == (
+    before.st_size,
+    before.st_mtime_ns,
+  )
+  return other
+
+
+@pytest.mark.parametrize("how", ["in_place", "renamed_over"])
+def test_other_audio_with_the_old_size_and_mtime_rebuilds(
+  tmp_path, monkeypatch, how
+):
+  clips = _clips(tmp_path)
+  cache_dir = tmp_path / "cache"
+  first = cache.build_or_load(clips, FEATURES, cache_dir, **BUILD)
+  old_frames = np.array(first.clip_frames(1))
+  _replace_keeping_size_and_mtime(clips[1], 7, how)
+  calls = _count_builds(monkeypatch)
+  second = cache.build_or_load(clips, FEATURES, cache_dir, **BUILD)
+  assert len(calls) == 1
+  assert second.directory != first.directory
+  direct = np.asarray(_direct_log_mel(audio.read_audio(clips[1].path)))
+  np.testing.assert_allclose(second.clip_frames(1), direct, rtol=0, atol=1e-4)
+  assert np.abs(second.clip_frames(1) - old_frames).max() > 1.0
+  assert second.digests[1] != first.digests[1]
+  assert second.digests[::2] == first.digests[::2]
+
+
+def test_a_file_changed_during_the_build_is_refused(tmp_path, monkeypatch):
+  clips = _clips(tmp_path)
+  cache_dir = tmp_path / "cache"
+  real = cache_compute._decode
+
+  def decode_then_change(clip, *args):
+    result = real(clip, *args)
+    if clip == clips[1]:
+      _replace_keeping_size_and_mtime(clip, 7)
+    return result
+
+  with monkeypatch.context() as patch:
+    patch.setattr(cache_compute, "_decode", decode_then_change)
+    with pytest.raises(
+      AeasdError,
+      match=re.escape(
+        f"{clips[1].path}: changed while the feature cache was built"
+        " (1 file(s) changed); expected the audio files to stay unchanged"
+        " during a build; run again"
+      ),
+    ):
+      cache.build_or_load(clips, FEATURES, cache_dir, **BUILD)
+  assert not [p for p in cache_dir.iterdir()]
+  fc = cache.build_or_load(clips, FEATURES, cache_dir, **BUILD)
+  direct = np.asarray(_direct_log_mel(audio.read_audio(clips[1].path)))
+  np.testing.assert_allclose(fc.clip_frames(1), direct, rtol=0, atol=1e-4)
+
+
+def _blake2b(path):
+  data = pathlib.Path(path).read_bytes()
+  return hashlib.blake2b(data, digest_size=32).hexdigest()
+
+
+def test_digests_are_of_each_kept_file_in_clip_order(tmp_path, monkeypatch):
+  clips, good, _ = _bad_clips(tmp_path)
+  cache_dir = tmp_path / "cache"
+  fc = cache.build_or_load(
+    clips, FEATURES, cache_dir, skip_bad_files=True, **BUILD
+  )
+  expected = tuple(_blake2b(c.path) for c in good)
+  assert fc.digests == expected
+  assert all(len(d) == 64 for d in expected)
+  index = json.loads((fc.directory / cache.INDEX_FILE).read_text())
+  assert index["version"] == cache.FORMAT_VERSION == 2
+  assert fc.directory.name.startswith(index["lineage"] + "-")
+  monkeypatch.setattr(cache_compute, "compute_frames", _no_rebuild)
+  again = cache.build_or_load(
+    clips, FEATURES, cache_dir, skip_bad_files=True, **BUILD
+  )
+  assert again.digests == expected
+  assert cache.load(fc.directory).digests == expected
+
+
+def _touch(path):
+  """A new mtime: the file's next version, as an edit would make it."""
+  stat = os.stat(path)
+  os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+
+
+def _bytes(folder):
+  return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def _folders(cache_dir):
+  return sorted(p.name for p in cache_dir.iterdir())
+
+
+def test_a_rebuild_evicts_the_build_it_supersedes(tmp_path, caplog):
+  caplog.set_level(logging.INFO, logger="aeasd_jax")
+  clips = _clips(tmp_path)
+  cache_dir = tmp_path / "cache"
+  other_params = {**FEATURES, "n_mels": 8}
+  kept = cache.build_or_load(clips, other_params, cache_dir, **BUILD).directory
+  caplog.clear()
+  first = cache.build_or_load(clips, FEATURES, cache_dir, **BUILD).directory
+  first_bytes = _bytes(first)
+  assert caplog.messages == [
+    f"feature cache: 3 clips, {first_bytes / 1e6:.1f} MB in {first}; the"
+    f" cache folder holds {_bytes(cache_dir) / 1e6:.1f} MB in all"
+  ]
+  caplog.clear()
+  gc.collect()  # Nothing of this process holds the first build any more.
+  _touch(clips[1].path)
+  second = cache.build_or_load(clips, FEATURES, cache_dir, **BUILD).directory
+  assert second != first
+  # Another setting's cache is another lineage: it stays.
+  assert _folders(cache_dir) == sorted([kept.name, second.name])
+  assert (
+    f"feature cache: removed superseded {first}, freeing"
+    f" {first_bytes / 1e6:.1f} MB" in caplog.messages
+  )
+  assert caplog.messages[-1].endswith(
+    f"the cache folder holds {_bytes(cache_dir) / 1e6:.1f} MB in all"
+  )
+
+
+def _exclusive_lock_free(directory):
+  """Whether an evictor could lock `directory` now (as another process)."""
+  fd = os.open(directory / cache.LOCK_FILE, os.O_RDONLY)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return True
+  except BlockingIOError:
+    return False
+  finally:
+    os.close(fd)
+
+
+def test_a_build_this_process_still_uses_is_kept(tmp_path, caplog):
+  caplog.set_level(logging.INFO, logger="aeasd_jax")
+  clips = _clips(tmp_path)
+  cache_dir = tmp_path / "cache"
+  first = cache.build_or_load(clips, FEATURES, cache_dir, **BUILD)
+  again = cache.load(first.directory)  # Two holders share one lock.
+  _touch(clips[1].path)
+  second = cache.build_or_load(clips, FEATURES, cache_dir, **BUILD)
+  assert (
+    f"feature cache: kept superseded {first.directory}: this process uses"
+    " it" in caplog.messages
+  )
+  np.testing.assert_array_equal(again.frames, first.frames)
+  first_dir = first.directory
+  del first
+  gc.collect()
+  assert not _exclusive_lock_free(first_dir)
+  del again
+  gc.collect()
+  assert _exclusive_lock_free(first_dir)
+  cache.build_or_load(clips, FEATURES, cache_dir, **BUILD)
+  assert _folders(cache_dir) == [second.directory.name]
+
+
+_READER = """
+import sys
+from aeasd_jax import cache
+from aeasd_jax import cache_compute
+fc = cache.load(sys.argv[1])
+print(float(fc.frames.sum()), flush=True)
+sys.stdin.read()
+print(float(fc.frames.sum()), flush=True)
+"""
+
+
+def test_a_build_another_process_reads_is_kept_until_it_is_done(
+  tmp_path, caplog
+):
+  caplog.set_level(logging.INFO, logger="aeasd_jax")
+  clips = _clips(tmp_path)
+  cache_dir = tmp_path / "cache"
+  first = cache.build_or_load(clips, FEATURES, cache_dir, **BUILD)
+  first_dir, first_sum = first.directory, float(first.frames.sum())
+  del first
+  gc.collect()
+  reader = subprocess.Popen(
+    [sys.executable, "-c", _READER, str(first_dir)],
+    stdin=subprocess.PIPE,
+    stdout=subprocess.PIPE,
+    text=True,
+    cwd=pathlib.Path(__file__).parents[1],
+  )
+  try:
+    assert float(reader.stdout.readline()) == first_sum
+    _touch(clips[1].path)
+    second = cache.build_or_load(clips, FEATURES, cache_dir, **BUILD)
+    assert first_dir.is_dir()
+    assert (
+      f"feature cache: kept superseded {first_dir}: another process is"
+      " using it" in caplog.messages
+    )
+    out, _ = reader.communicate("", timeout=60)
+  finally:
+    reader.kill()
+  assert float(out) == first_sum
+  assert reader.returncode == 0
+  # The next run, only loading, evicts what is no longer read.
+  cache.build_or_load(clips, FEATURES, cache_dir, **BUILD)
+  assert _folders(cache_dir) == [second.directory.name]
+
+
+def test_a_cache_being_evicted_does_not_load(tmp_path):
+  directory = cache.build_or_load(
+    _clips(tmp_path), FEATURES, tmp_path / "cache", **BUILD
+  ).directory
+  gc.collect()
+  fd = os.open(directory / cache.LOCK_FILE, os.O_RDONLY)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with pytest.raises(
+      AeasdError,
+      match=re.escape(
+        f"feature cache {directory}: no such cache (or another process"
+        " removed it as superseded)"
+      ),
+    ):
+      cache.load(directory)
+  finally:
+    os.close(fd)
+  assert cache.load(directory).directory == directory
+
+
+def test_leftovers_of_killed_builds_and_evictions_are_removed(tmp_path):
+  clips = _clips(tmp_path)
+  cache_dir = tmp_path / "cache"
+  # pid_max is at most 2**22, so no process has this id.
+  dead = [".tmp-0123456789ab-00-99999999", ".evict-0123456789ab-00-99999999"]
+  for name in dead:
+    (cache_dir / name).mkdir(parents=True)
+    (cache_dir / name / cache.FRAMES_FILE).write_bytes(b"\0" * 64)
+  live = cache_dir / f".tmp-0123456789ab-01-{os.getpid()}"
+  live.mkdir()
+  fc = cache.build_or_load(clips, FEATURES, cache_dir, **BUILD)
+  assert _folders(cache_dir) == sorted([live.name, fc.directory.name])
+
+
 @pytest.mark.parametrize("interrupt", [RuntimeError, KeyboardInterrupt])
 def test_interrupted_build_leaves_nothing_that_loads(
   tmp_path, monkeypatch, interrupt
 ):
-  # Two lengths, so log_mel is traced a second time after the first batch's
-  # frames are already on disk: the build dies half way through.
-  clips = _clips(tmp_path, (0.5, 0.5, 0.6))
+  # Two length buckets, so log_mel is traced a second time after the first
+  # batch's frames are already on disk: the build dies half way through.
+  clips = _clips(tmp_path, (0.5, 0.5, 0.8))
   cache_dir = tmp_path / "cache"
-  traced = []
-  real_log_mel = features.log_mel
-
-  def failing_log_mel(y, **kwargs):
-    traced.append(y.shape)
-    if len(traced) > 1:
-      raise interrupt("interrupted")
-    return real_log_mel(y, **kwargs)
-
   with monkeypatch.context() as patch:
-    patch.setattr(features, "log_mel", failing_log_mel)
+    traced = _trace_log_mel(patch, fail_on=2, interrupt=interrupt)
     with pytest.raises(interrupt, match="interrupted"):
       cache.build_or_load(clips, FEATURES, cache_dir, **BUILD)
   assert len(traced) == 2
@@ -251,7 +529,7 @@ def test_corrupt_index_fails_checksum(tmp_path, monkeypatch):
   with pytest.raises(AeasdError, match=pattern):
     cache.load(directory)
   # build_or_load reports it too, rather than trusting or hiding it.
-  monkeypatch.setattr(cache, "_compute_frames", _no_rebuild)
+  monkeypatch.setattr(cache_compute, "compute_frames", _no_rebuild)
   with pytest.raises(AeasdError, match=pattern):
     cache.build_or_load(clips, FEATURES, cache_dir, **BUILD)
 
@@ -354,7 +632,7 @@ def test_skipped_cache_does_not_hide_bad_files(tmp_path, monkeypatch):
   clips, _, bad_paths = _bad_clips(tmp_path)
   cache_dir = tmp_path / "cache"
   cache.build_or_load(clips, FEATURES, cache_dir, skip_bad_files=True, **BUILD)
-  monkeypatch.setattr(cache, "_compute_frames", _no_rebuild)
+  monkeypatch.setattr(cache_compute, "compute_frames", _no_rebuild)
   with pytest.raises(AeasdError, match="skip_bad_files") as info:
     cache.build_or_load(clips, FEATURES, cache_dir, **BUILD)
   assert all(path in str(info.value) for path in bad_paths)
@@ -418,14 +696,14 @@ def test_another_process_finishing_first(tmp_path, monkeypatch):
     clips, FEATURES, tmp_path / "a", **BUILD
   ).directory
   cache_dir = tmp_path / "b"
-  real = cache._compute_frames
+  real = cache_compute.compute_frames
 
   def racing(*args, **kwargs):
     result = real(*args, **kwargs)
     shutil.copytree(theirs, cache_dir / theirs.name)
     return result
 
-  monkeypatch.setattr(cache, "_compute_frames", racing)
+  monkeypatch.setattr(cache_compute, "compute_frames", racing)
   fc = cache.build_or_load(clips, FEATURES, cache_dir, **BUILD)
   assert fc.directory == cache_dir / theirs.name
   assert fc.clips == tuple(clips)
@@ -515,17 +793,8 @@ def test_progress_line_is_ended_when_the_build_stops(
 ):
   # The last log-mel call comes after the line shows 3/3 clips, so the
   # failure lands while the line is still open.
-  clips = _clips(tmp_path, (0.5, 0.5, 0.6))
-  real_log_mel = features.log_mel
-  traced = []
-
-  def failing_log_mel(y, **kwargs):
-    traced.append(y.shape)
-    if len(traced) > 1:
-      raise interrupt("interrupted")
-    return real_log_mel(y, **kwargs)
-
-  monkeypatch.setattr(features, "log_mel", failing_log_mel)
+  clips = _clips(tmp_path, (0.5, 0.5, 0.8))
+  _trace_log_mel(monkeypatch, fail_on=2, interrupt=interrupt)
   with pytest.raises(interrupt, match="interrupted"):
     cache.build_or_load(
       clips, FEATURES, tmp_path / "cache", **{**BUILD, "show_progress": True}
@@ -543,25 +812,60 @@ def test_no_progress_line_no_newline(tmp_path, capsys):
 def test_log_mel_calls_hold_at_most_batch_seconds_of_audio(
   tmp_path, monkeypatch
 ):
-  # A 2 s clip among 0.25 s ones, with a budget of 1 s a call: the short
+  # A 2 s clip among 0.25 s ones, with a budget of 1.2 s a call: the short
   # clips go 4 to a call (batch_size), 0.3 s ones 3, the long one alone.
+  # The budget counts the samples a clip is computed at, its bucket's.
   seconds = (0.25,) * 5 + (2.0,) + (0.3,) * 4
   clips = _clips(tmp_path, seconds)
-  real_log_mel = features.log_mel
-  traced = []
-
-  def recording_log_mel(y, **kwargs):
-    traced.append(y.shape)
-    return real_log_mel(y, **kwargs)
-
-  monkeypatch.setattr(features, "log_mel", recording_log_mel)
+  traced = _trace_log_mel(monkeypatch)
   fc = cache.build_or_load(
     clips,
     FEATURES,
     tmp_path / "cache",
-    **{**BUILD, "batch_size": 4, "batch_seconds": 1.0},
+    **{**BUILD, "batch_size": 4, "batch_seconds": 1.2},
   )
-  assert sorted(traced) == [(1, 2 * SR), (3, 4800), (4, 4000)]
+  padded = {s: _bucket_samples(int(s * SR)) for s in (0.25, 0.3, 2.0)}
+  assert padded == {0.25: 4608, 0.3: 5632, 2.0: 33280}
+  assert sorted(traced) == [(1, padded[2.0]), (3, padded[0.3]), (4, 4608)]
+  assert 4 * padded[0.25] <= 1.2 * SR < 4 * padded[0.3]
+  for i, clip in enumerate(clips):
+    direct = np.asarray(_direct_log_mel(audio.read_audio(clip.path)))
+    np.testing.assert_allclose(fc.clip_frames(i), direct, rtol=0, atol=1e-4)
+
+
+def _bucket_samples(n_samples):
+  """The samples ClipLogMel computes a clip of n_samples at (FEATURES)."""
+  frames = features.bucket_frames(1 + n_samples // HOP)
+  return (frames - 1) * HOP + FEATURES["n_fft"]
+
+
+class _CompileCount:
+  """Counts XLA compiles (one per program) in a `with` block."""
+
+  def __enter__(self):
+    self.count = 0
+    jax.monitoring.register_event_duration_secs_listener(self._listen)
+    return self
+
+  def _listen(self, event, duration, **kwargs):
+    if event == "/jax/core/compile/backend_compile_duration":
+      self.count += 1
+
+  def __exit__(self, *exc_info):
+    jax.monitoring.unregister_event_duration_listener(self._listen)
+
+
+def test_distinct_lengths_compile_a_program_per_bucket(tmp_path):
+  # 12 lengths, 15 to 26 frames, fall in 4 buckets: 16, 20, 24 and 28.
+  seconds = [(14 + i) * HOP / SR + 0.01 for i in range(12)]
+  clips = _clips(tmp_path, seconds)
+  with _CompileCount() as compiles:
+    fc = cache.build_or_load(clips, FEATURES, tmp_path / "cache", **BUILD)
+  assert compiles.count == 4
+  frames = [1 + int(round(s * SR)) // HOP for s in seconds]
+  assert frames == list(range(15, 27))
+  assert {features.bucket_frames(f) for f in frames} == {16, 20, 24, 28}
+  assert fc.lengths.tolist() == frames
   for i, clip in enumerate(clips):
     direct = np.asarray(_direct_log_mel(audio.read_audio(clip.path)))
     np.testing.assert_allclose(fc.clip_frames(i), direct, rtol=0, atol=1e-4)

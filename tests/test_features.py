@@ -232,3 +232,70 @@ def test_log_mel_rejects_bad_arguments(kwargs, argument):
 def test_reflect_padding_rejects_too_short_clip():
   with pytest.raises(AeasdError, match='samples'):
     features.log_mel(np.zeros(100), pad_mode='reflect')
+
+
+def test_bucket_frames_bounds_padding_and_programs():
+  frames = np.arange(1, 5000)
+  buckets = np.array([features.bucket_frames(int(n)) for n in frames])
+  assert np.all(buckets >= frames)
+  assert np.all(buckets <= 1.25 * frames)
+  assert np.all(np.diff(buckets) >= 0)
+  assert features.bucket_frames(313) == 320  # A 10 s clip at 16 kHz.
+  # At most four buckets per doubling of the frame count.
+  for low in 2 ** np.arange(3, 12):
+    assert len(set(buckets[(frames > low) & (frames <= 2 * low)])) <= 4
+
+
+# Lengths around hop and bucket edges, odd ones, and n_fft // 2 + 1, the
+# shortest clip reflect padding takes.
+_CLIP_SAMPLES = (
+  N_FFT // 2 + 1,
+  N_FFT,
+  3 * HOP - 1,
+  3 * HOP,
+  8 * HOP,
+  16000,
+  16000 + 511,
+  16000 + 512,
+  2 * SR + 123,
+  5 * SR + 7,
+)
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize('pad_mode', ['constant', 'reflect'])
+def test_clip_log_mel_equals_log_mel_of_each_clip(pad_mode):
+  params = dict(pad_mode=pad_mode, n_mels=32)
+  clip_log_mel = features.ClipLogMel(params)
+  rng = np.random.default_rng(3)
+  for n in _CLIP_SAMPLES:
+    # A tone in noise: every bin within about 35 dB of the loudest, so the
+    # reordering bound is tight enough to see a wrong sample in a frame.
+    t = np.arange(n) / SR
+    y = 0.1 * rng.standard_normal(n) + 0.3 * np.sin(2 * np.pi * 440 * t)
+    expected = np.asarray(features.log_mel(y, **params))
+    (ours,) = clip_log_mel([y], rows=2)
+    assert ours.shape == expected.shape == (1 + n // HOP, 32), n
+    tolerance = _reordered_db_error(expected)
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=tolerance)
+    extra = clip_log_mel.padded_samples(n) - N_FFT - n
+    if pad_mode == 'reflect' and extra > 0:
+      # Zeros appended before the reflect padding would be mirrored into
+      # the last frame: the bound above would catch that.
+      naive = np.asarray(features.log_mel(np.pad(y, (0, extra)), **params))
+      assert np.abs(naive[n // HOP] - expected[-1]).max() > 10 * tolerance, n
+  assert len(clip_log_mel.shapes) == len(
+    {clip_log_mel.padded_samples(n) for n in _CLIP_SAMPLES}
+  )
+
+
+def test_clip_log_mel_refuses_mixed_lengths_and_short_clips():
+  clip_log_mel = features.ClipLogMel({'pad_mode': 'reflect'})
+  with pytest.raises(AeasdError, match='one padded length'):
+    clip_log_mel([np.zeros(SR), np.zeros(2 * SR)])
+  with pytest.raises(AeasdError, match='rows=1'):
+    clip_log_mel([np.zeros(SR), np.zeros(SR)], rows=1)
+  with pytest.raises(AeasdError, match='at least 513 samples'):
+    clip_log_mel([np.zeros(100)])
+  with pytest.raises(AeasdError, match='n_mels'):
+    features.ClipLogMel({'n_mels': 0})

@@ -25,7 +25,7 @@ _CHILD = textwrap.dedent("""
     import jax
     jax.config.update("jax_disable_most_optimizations", True)
     import ml_collections
-    from aeasd_jax import cache, checkpoint, metric_log, runtime, train
+    from aeasd_jax import cache_compute, checkpoint, metric_log, runtime, train
 
     runtime.configure_logging()
 
@@ -36,13 +36,13 @@ _CHILD = textwrap.dedent("""
       os.kill(os.getpid(), signal.SIGKILL)
 
     if kill_at == "cache_build":
-      in_order = cache._in_order
+      in_order = cache_compute._in_order
       def dying_in_order(*args, **kwargs):
         for i, item in enumerate(in_order(*args, **kwargs)):
           if i == 20:
             die()
           yield item
-      cache._in_order = dying_in_order
+      cache_compute._in_order = dying_in_order
     elif kill_at == "checkpoint_save":
       save = checkpoint.save
       def dying_save(mngr, epoch, state, **kwargs):
