@@ -12,11 +12,16 @@ from aeasd_jax import recordings
 from aeasd_jax import runtime
 from aeasd_jax import workdir_files
 
-flags.DEFINE_string(
-  "workdir", None, "A run folder written by train.py.", required=True
+flags.DEFINE(
+  runtime.PathParser(),
+  "workdir",
+  None,
+  "A run folder written by train.py.",
+  required=True,
 )
 flags.DEFINE_string("checkpoint", "best", "best, latest or an epoch number.")
-flags.DEFINE_string(
+flags.DEFINE(
+  runtime.PathParser(),
   "eval_ground_truth",
   None,
   "An eval_data_list.csv to score the eval set against.",
@@ -24,7 +29,8 @@ flags.DEFINE_string(
 flags.DEFINE_bool(
   "plots", False, "Write ROC and histogram PNGs (needs the [plot] extra)."
 )
-flags.DEFINE_string(
+flags.DEFINE(
+  runtime.PathParser(),
   "wav",
   None,
   "A file or folder of recordings to score instead of the DCASE test sets.",
@@ -33,6 +39,13 @@ flags.DEFINE_string(
   "machine_type",
   None,
   "The machine type of --wav files (needed when the run trained several).",
+)
+flags.DEFINE(
+  runtime.PathParser(),
+  "data_root",
+  None,
+  "Where the run's dataset lies now, if it has moved; overrides the"
+  " workdir's data.root for this evaluation only.",
 )
 FLAGS = flags.FLAGS
 
@@ -50,16 +63,18 @@ def main(argv):
         FLAGS.wav,
         machine_type=FLAGS.machine_type,
         which=FLAGS.checkpoint,
+        data_root=FLAGS.data_root,
       )
     return evaluation.evaluate(
       FLAGS.workdir,
       which=FLAGS.checkpoint,
       eval_ground_truth=FLAGS.eval_ground_truth,
       plots=FLAGS.plots,
+      data_root=FLAGS.data_root,
     )
 
   runtime.run(run)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=runtime.parse_flags)

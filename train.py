@@ -16,14 +16,27 @@ config_flags.DEFINE_config_file(
   "config", None, "Training configuration file, e.g. configs/idnn.py."
 )
 flags.mark_flag_as_required("config")
-flags.DEFINE_string("workdir", None, "Run folder; default runs/<config.name>.")
+flags.DEFINE(
+  runtime.PathParser(),
+  "workdir",
+  None,
+  "Run folder; default runs/<config.name>.",
+)
 flags.DEFINE_string(
   "coordinator_address",
   None,
-  "host:port of process 0, for multi-host training.",
+  "host:port of process 0, for multi-host training (see README).",
 )
-flags.DEFINE_integer("num_processes", 1, "Processes in a multi-host run.")
-flags.DEFINE_integer("process_id", 0, "This process's index.")
+flags.DEFINE_integer(
+  "num_processes",
+  None,
+  "Processes in a multi-host run; needs --coordinator_address.",
+)
+flags.DEFINE_integer(
+  "process_id",
+  None,
+  "This process's index, 0 to num_processes - 1; needs --coordinator_address.",
+)
 FLAGS = flags.FLAGS
 
 
@@ -31,12 +44,16 @@ def main(argv):
   del argv
   runtime.configure_logging()
   config = FLAGS.config
-  runtime.initialize_distributed(
-    FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
-  )
-  runtime.enable_compilation_cache(config)
-  workdir = FLAGS.workdir or f"runs/{config.name}"
-  runtime.run(lambda: train.train_and_evaluate(config, workdir))
+
+  def run():
+    runtime.initialize_distributed(
+      FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+    )
+    runtime.enable_compilation_cache(config)
+    workdir = FLAGS.workdir or f"runs/{config.name}"
+    return train.train_and_evaluate(config, workdir)
+
+  runtime.run(run)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,14 @@ _W64_DATA = bytes.fromhex("64617461f3acd3118cd100c04f8edb8a")
 _SIZE_NOT_IN_HEADER = 0xFFFFFFFF
 
 
-def read_audio(path, *, sample_rate=16000, resample=False, min_samples=1):
+def read_audio(
+  path,
+  *,
+  sample_rate=16000,
+  resample=False,
+  min_samples=1,
+  rate_advice="set config.data.resample=True to resample it",
+):
   """Returns the clip at `path` as a 1-D float32 array at `sample_rate`.
 
   Multi-channel audio is averaged to mono, as librosa.load(mono=True) does for
@@ -34,6 +41,8 @@ def read_audio(path, *, sample_rate=16000, resample=False, min_samples=1):
     sample_rate: the rate the features expect, a whole number of Hz.
     resample: resample other rates instead of refusing them.
     min_samples: the shortest clip accepted, normally n_fft.
+    rate_advice: what the error for another sample rate tells the user to
+      do; the default is train.py's.
 
   Raises:
     AeasdError: the file is missing, a dangling link, not a regular file,
@@ -72,8 +81,8 @@ def read_audio(path, *, sample_rate=16000, resample=False, min_samples=1):
   if file_rate != sample_rate:
     if not resample:
       raise AeasdError(
-        f"{path}: sample rate {file_rate} Hz, expected {sample_rate} Hz (set"
-        " config.data.resample=True to resample it)"
+        f"{path}: sample rate {file_rate} Hz, expected {sample_rate} Hz"
+        f" ({rate_advice})"
       )
     import scipy.signal  # pylint: disable=g-import-not-at-top  # Slow; rare.
 

@@ -84,7 +84,7 @@ def restore(mngr, abstract_state, step=None):
   try:
     stored = _leaf_shapes(mngr.item_metadata(step))
   except Exception as e:  # pylint: disable=broad-except
-    raise _damaged(mngr, step, e) from None
+    raise _unreadable(mngr, step, e) from None
   mismatch = _first_mismatch(stored, _leaf_shapes(abstract_state))
   if mismatch:
     raise AeasdError(
@@ -94,10 +94,21 @@ def restore(mngr, abstract_state, step=None):
   try:
     return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
   except Exception as e:  # pylint: disable=broad-except
-    raise _damaged(mngr, step, e) from None
+    raise _unreadable(mngr, step, e) from None
 
 
-def _damaged(mngr, step, error):
+def _unreadable(mngr, step, error):
+  """Why step `step` could not be read: pruned meanwhile, or damaged."""
+  where = mngr.directory / str(step)
+  if not where.exists():
+    # A train.py running in this workdir deletes all but the newest
+    # keep_checkpoints steps, possibly while another process reads one.
+    return AeasdError(
+      f"{where}: the checkpoint was removed while it was being read, by a"
+      " train.py running in this workdir that keeps only its newest"
+      " checkpoints; expected a checkpoint that stays: rerun to read the"
+      " newest one, or once training has finished"
+    )
   others = sorted(set(mngr.all_steps()) - {step})
   earlier = (
     f"delete {mngr.directory / str(step)} to use the previous"

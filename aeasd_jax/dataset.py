@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import pathlib
 
 import numpy as np
@@ -28,8 +29,8 @@ def data_root(config):
   A root that is given but missing is an error; it never falls back to the
   synthetic data.
   """
+  root = _root_path(config)
   if config.data.root:
-    root = pathlib.Path(config.data.root).expanduser()
     if not root.is_dir():
       raise AeasdError(
         f"config.data.root={config.data.root}: no such folder;"
@@ -37,25 +38,61 @@ def data_root(config):
         " (leave it empty for the bundled synthetic data)"
       )
     return root
-  params = dict(
-    seed=config.synth.seed,
-    clips_per_id=config.synth.clips_per_id,
-    seconds=config.synth.seconds,
-    # int(): soundfile refuses 16000.0, which check_config allows.
-    sample_rate=int(config.features.sample_rate),
-  )
-  tag = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
-  root = cache_dir.root(config) / "synthetic" / tag.hexdigest()[:12]
   if not root.is_dir():
     log.info("generating the bundled synthetic dataset into %s", root)
     try:
-      synth.generate(root, **params)
+      synth.generate(root, **_synth_params(config))
     except FileExistsError:
       pass  # Another process generated it first; generation is atomic.
   log.info(
     "no config.data.root given: using the bundled synthetic dataset at %s", root
   )
   return root
+
+
+def _synth_params(config):
+  return dict(
+    seed=config.synth.seed,
+    clips_per_id=config.synth.clips_per_id,
+    seconds=config.synth.seconds,
+    # int(): soundfile refuses 16000.0, which check_config allows.
+    sample_rate=int(config.features.sample_rate),
+  )
+
+
+def _root_path(config):
+  """Where data_root looks, without checking or generating anything."""
+  if config.data.root:
+    return pathlib.Path(config.data.root).expanduser()
+  tag = hashlib.sha256(
+    json.dumps(_synth_params(config), sort_keys=True).encode()
+  )
+  return cache_dir.root(config) / "synthetic" / tag.hexdigest()[:12]
+
+
+def data_identity(config, features, groups):
+  """What identifies the data a run trains on, wherever it now lies.
+
+  A digest over the training clips' paths below the data root and the
+  digests of their bytes (the feature cache reads every byte anyway).
+
+  Returns:
+    {"fingerprint": hex, "training_clips": count, "root": resolved root}
+  """
+  root = _root_path(config).resolve()
+  clips = sorted(
+    (os.path.relpath(features.clips[c].path, root), features.digests[c])
+    for g in groups
+    for c in (*g.train_clips, *g.val_clips)
+  )
+  digest = hashlib.sha256()
+  for relative, content in clips:
+    digest.update(f"{relative}\0{content}\n".encode())
+  return {
+    "fingerprint": digest.hexdigest(),
+    "training_clips": len(clips),
+    "root": str(root),
+  }
 
 
 def feature_params(config):

@@ -75,8 +75,76 @@ def _write_score_files(
       )
 
 
-def evaluate(workdir, *, which="best", eval_ground_truth=None, plots=False):
+def load_data(workdir, config, data_root=None):
+  """The dataset a workdir's run trained on, loaded for evaluate.py.
+
+  Args:
+    workdir: the run's folder.
+    config: its config (workdir_files.load_config).
+    data_root: the --data_root flag: where the data lies now, in place of
+      config.data.root; config.json is not changed.
+
+  Returns:
+    (cache.FeatureCache, list of dataset.Group)
+
+  Raises:
+    AeasdError: the data is not where the flag or config.json says, or it is
+      not the data the run trained on.
+  """
+  config_path = pathlib.Path(workdir) / workdir_files.CONFIG_FILE
+  if data_root is not None:
+    if not data_root or not pathlib.Path(data_root).expanduser().is_dir():
+      raise AeasdError(
+        f"--data_root={data_root}: no such folder; expected the folder"
+        " holding the run's dataset (<root>/dev_data/<type>/...)"
+      )
+    config = config.copy_and_resolve_references()
+    config.data.root = data_root
+  elif config.data.root and not (
+    pathlib.Path(config.data.root).expanduser().is_dir()
+  ):
+    raise AeasdError(
+      f"{config_path}: data.root={config.data.root}: no such folder (moved,"
+      " or this workdir was copied from another machine); use"
+      " --data_root=PATH to point evaluate.py at the data's new location"
+    )
+  try:
+    features, groups = dataset.load(config)
+  except AeasdError as e:
+    if "config." not in str(e):
+      raise
+    # The advice names config settings, which evaluate.py reads from the
+    # workdir rather than from flags. A listing keeps its lines; a one-line
+    # message stays one line.
+    note = (
+      "(evaluate.py reads the config.* settings named here from"
+      f" {config_path}: change them there, or give data.root's new value as"
+      " --data_root=PATH)"
+    )
+    separator = "\n" if "\n" in str(e) else "; "
+    raise AeasdError(f"{e}{separator}{note}") from None
+  workdir_files.check_same_data(workdir, config, features, groups)
+  saved_names = workdir_files.read_groups(workdir)
+  if [g.name for g in groups] != saved_names:
+    raise AeasdError(
+      f"workdir {workdir} was trained on groups {saved_names}, but its data"
+      f" now gives {[g.name for g in groups]}; expected the same dataset"
+      " (--data_root=PATH points evaluate.py at where it lies now)"
+    )
+  return features, groups
+
+
+def evaluate(
+  workdir, *, which="best", eval_ground_truth=None, plots=False, data_root=None
+):
   """Scores the dev (and eval) test sets and writes the DCASE result files.
+
+  Args:
+    workdir: the run's folder.
+    which: the --checkpoint value.
+    eval_ground_truth: an eval_data_list.csv, to score the eval set.
+    plots: also write ROC and histogram PNGs.
+    data_root: where the run's data lies now (see load_data).
 
   Returns:
     {"dev": table, "eval": table or None, "seeds": per-seed tables,
@@ -86,16 +154,10 @@ def evaluate(workdir, *, which="best", eval_ground_truth=None, plots=False):
   workdir = pathlib.Path(workdir)
   config = workdir_files.load_config(workdir)
   with timer.phase("features"):
-    features, groups = dataset.load(config)
-  saved_names = workdir_files.read_groups(workdir)
-  if [g.name for g in groups] != saved_names:
-    raise AeasdError(
-      f"workdir {workdir} was trained on groups {saved_names}, but its data"
-      f" now gives {[g.name for g in groups]}; expected the same dataset"
-    )
+    features, groups = load_data(workdir, config, data_root)
   with timer.phase("restore"):
     setup, params, batch_stats, tag = workdir_weights.load_weights(
-      config, workdir, saved_names, which
+      config, workdir, [g.name for g in groups], which
     )
   out = workdir / "results"
   out.mkdir(exist_ok=True)
@@ -106,7 +168,7 @@ def evaluate(workdir, *, which="best", eval_ground_truth=None, plots=False):
       config, features, setup, params, batch_stats, dev_clips
     )
     thresholds = group_scoring.stored_thresholds(
-      config, workdir, tag
+      config, workdir, tag, params, batch_stats
     ) or group_scoring.fit_thresholds(
       config, workdir, features, groups, setup, params, batch_stats, tag
     )

@@ -4,9 +4,11 @@ Training (dev AUC selection, thresholds) and evaluation both score groups
 through here, so this module imports neither.
 """
 
+import hashlib
 import logging
 import pathlib
 
+import jax
 import numpy as np
 
 from aeasd_jax import metrics
@@ -177,6 +179,7 @@ def fit_thresholds(
   stored[tag] = {
     "percentile": config.score.threshold_percentile,
     "pooling": config.score.pooling,
+    "weights": weights_digest(params, batch_stats),
     "thresholds": thresholds,
   }
   workdir_files.write_json(
@@ -188,13 +191,30 @@ def fit_thresholds(
   return thresholds
 
 
-def stored_thresholds(config, workdir, tag):
-  """Thresholds stored for weights `tag` with the current score settings."""
+def stored_thresholds(config, workdir, tag, params, batch_stats):
+  """Thresholds stored for these very weights with the current settings.
+
+  A tag such as best@E names another model after a rollback (checkpoint E
+  deleted and trained again), so the entry must also hold these weights'
+  digest; an entry of other weights, or of an older version without a
+  digest, is fitted again.
+  """
   entry = workdir_files.read_thresholds(workdir).get(tag)
   if (
     entry
     and entry["percentile"] == config.score.threshold_percentile
     and entry["pooling"] == config.score.pooling
+    and entry.get("weights") == weights_digest(params, batch_stats)
   ):
     return entry["thresholds"]
   return None
+
+
+def weights_digest(params, batch_stats):
+  """A digest of the weights' values, dtypes and shapes, in tree order."""
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(jax.device_get((params, batch_stats))):
+    leaf = np.ascontiguousarray(leaf)
+    digest.update(f"{leaf.dtype}{leaf.shape}".encode())
+    digest.update(leaf.tobytes())
+  return digest.hexdigest()[:32]

@@ -7,13 +7,12 @@ error; printed one line a file, with names escaped so none can forge a line.
 import pathlib
 import re
 
-import jax
 import numpy as np
 
 from aeasd_jax import audio
 from aeasd_jax import cache
-from aeasd_jax import dataset
 from aeasd_jax import dcase
+from aeasd_jax import evaluation
 from aeasd_jax import features as features_lib
 from aeasd_jax import group_scoring
 from aeasd_jax import workdir_files
@@ -34,6 +33,15 @@ def _recording_paths(path):
   raise AeasdError(f"--wav={path}: no such file or folder")
 
 
+def _rate_advice(sample_rate):
+  # config.data.resample is the run's setting, fixed when it was trained.
+  rate = int(sample_rate)
+  return (
+    f"resample it to {rate} Hz first (e.g. sox in.wav -r {rate} out.wav),"
+    " or retrain with --config.data.resample=True"
+  )
+
+
 def _group_of_recording(path, machine_type, group_names):
   if machine_type in group_names:
     return machine_type
@@ -52,7 +60,9 @@ def _group_of_recording(path, machine_type, group_names):
   return name
 
 
-def score_recordings(workdir, path, *, machine_type=None, which="best"):
+def score_recordings(
+  workdir, path, *, machine_type=None, which="best", data_root=None
+):
   """Scores any recordings with a trained run and decides normal or anomaly.
 
   Args:
@@ -61,6 +71,8 @@ def score_recordings(workdir, path, *, machine_type=None, which="best"):
     machine_type: which type's model scores them; optional when the run
       trained one type.
     which: the --checkpoint value.
+    data_root: where the run's data lies now, needed only to fit thresholds
+      that thresholds.json lacks (see evaluation.load_data).
 
   Returns:
     One dict per file: path, and score, threshold and anomaly, or error.
@@ -79,13 +91,16 @@ def score_recordings(workdir, path, *, machine_type=None, which="best"):
   setup, params, batch_stats, tag = workdir_weights.load_weights(
     config, workdir, group_names, which
   )
-  thresholds = group_scoring.stored_thresholds(config, workdir, tag)
+  thresholds = group_scoring.stored_thresholds(
+    config, workdir, tag, params, batch_stats
+  )
   if thresholds is None:
-    features, groups = dataset.load(config)
+    features, groups = evaluation.load_data(workdir, config, data_root)
     thresholds = group_scoring.fit_thresholds(
       config, workdir, features, groups, setup, params, batch_stats, tag
     )
-  log_mel = jax.jit(lambda y: features_lib.log_mel(y, **dict(config.features)))
+  # One program per bucket of lengths, not one per distinct length.
+  log_mel = features_lib.ClipLogMel(dict(config.features))
   rows, clips, frames = [], [], []
   for file in _recording_paths(path):
     row = {"path": str(file)}
@@ -97,8 +112,9 @@ def score_recordings(workdir, path, *, machine_type=None, which="best"):
         sample_rate=config.features.sample_rate,
         resample=config.data.resample,
         min_samples=config.features.n_fft,
+        rate_advice=_rate_advice(config.features.sample_rate),
       )
-      mel = np.asarray(log_mel(wave))
+      mel = log_mel([wave])[0]
       if len(mel) < config.model.frames:
         raise AeasdError(
           f"{file}: {len(mel)} frames, fewer than"

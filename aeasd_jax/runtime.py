@@ -4,11 +4,14 @@ The persistent compilation cache, multi-process initialisation, and turning
 AeasdError into a one-line message instead of a traceback.
 """
 
+import contextlib
 import difflib
 import logging
 import os
+import pathlib
 import runpy
 import sys
+import threading
 
 import jax
 import ml_collections
@@ -28,34 +31,117 @@ def enable_compilation_cache(config):
   """
   if config.compile_cache_dir == "off":
     return
-  directory = config.compile_cache_dir or str(cache_dir.root(config) / "jax")
+  directory = os.path.expanduser(
+    config.compile_cache_dir or str(cache_dir.root(config) / "jax")
+  )
   jax.config.update("jax_compilation_cache_dir", directory)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def compilation_cache_entries():
-  """Files in the persistent compilation cache; 0 when it is off.
+# Each compile that may use the persistent cache records the first event;
+# one served from the cache also records the second (jax/_src/compiler.py).
+_CACHE_REQUEST = "/jax/compilation_cache/compile_requests_use_cache"
+_CACHE_HIT = "/jax/compilation_cache/cache_hits"
 
-  A compile that adds none was served from the cache (a warm start).
+
+class CompileCounts:
+  """Compiles seen by compile_tracker, and how many the cache served."""
+
+  def __init__(self):
+    self.requests = 0
+    self.hits = 0
+
+  @property
+  def warm(self):
+    """Every compile was served from the persistent cache.
+
+    Counting the files in the cache folder instead would call warm a compile
+    whose entry could not be written (an unwritable cache folder).
+    """
+    return self.requests > 0 and self.hits == self.requests
+
+
+@contextlib.contextmanager
+def compile_tracker():
+  """Counts the compiles, on any thread, while the block runs.
+
+  Yields:
+    A CompileCounts, complete once the block has ended.
   """
-  directory = jax.config.jax_compilation_cache_dir
-  if not directory or not os.path.isdir(directory):
-    return 0
-  return sum(len(files) for _, _, files in os.walk(directory))
+  counts, lock = CompileCounts(), threading.Lock()
+
+  def listen(event, **unused_metadata):
+    with lock:
+      counts.requests += event == _CACHE_REQUEST
+      counts.hits += event == _CACHE_HIT
+
+  jax.monitoring.register_event_listener(listen)
+  try:
+    yield counts
+  finally:
+    jax.monitoring.unregister_event_listener(listen)
 
 
 def initialize_distributed(coordinator_address, num_processes, process_id):
-  """jax.distributed.initialize when a coordinator is given (multi-host)."""
-  if coordinator_address:
-    # CPU collectives across processes need gloo; GPUs and TPUs bring their
-    # own (NCCL, ICI) and ignore this setting.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  """jax.distributed.initialize when a coordinator is given (multi-host).
+
+  Without --coordinator_address the run is one process, or a Cloud TPU pod
+  slice whose runtime connects the workers itself; --num_processes and
+  --process_id then have nothing to join and are refused (1 and 0 aside).
+  With it, either may be left out where the cluster (Slurm, Open MPI,
+  Kubernetes, Cloud TPU) tells JAX its value.
+
+  Raises:
+    AeasdError: a flag is out of range, or given without a coordinator.
+  """
+  if num_processes is not None and num_processes < 1:
+    raise AeasdError(
+      f"--num_processes={num_processes}: expected the number of processes in"
+      " the run, 1 or more"
+    )
+  if process_id is not None and (
+    process_id < 0
+    or (num_processes is not None and process_id >= num_processes)
+  ):
+    last = "--num_processes - 1" if num_processes is None else num_processes - 1
+    raise AeasdError(
+      f"--process_id={process_id}: expected this process's index,"
+      f" from 0 to {last}"
+    )
+  if not coordinator_address:
+    stray = [
+      f"--{name}={value}"
+      for name, value, single in (
+        ("num_processes", num_processes, 1),
+        ("process_id", process_id, 0),
+      )
+      if value not in (None, single)
+    ]
+    if stray:
+      raise AeasdError(
+        f"{' '.join(stray)} without --coordinator_address; expected"
+        " --coordinator_address=HOST:PORT (process 0's) with --num_processes"
+        " and --process_id, or none of the three on a Cloud TPU pod slice,"
+        " whose runtime connects the workers itself"
+      )
+    return
+  # CPU collectives across processes need gloo; GPUs and TPUs bring their
+  # own (NCCL, ICI) and ignore this setting.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  try:
     jax.distributed.initialize(
       coordinator_address=coordinator_address,
       num_processes=num_processes,
       process_id=process_id,
     )
+  except ValueError as e:  # A value this environment does not supply.
+    raise AeasdError(
+      f"--coordinator_address={coordinator_address}:"
+      f" {str(e).rstrip('.')}; expected"
+      " --num_processes=N and --process_id=I as well, unless the cluster"
+      " (Slurm, Open MPI, Kubernetes, Cloud TPU) supplies them"
+    ) from None
 
 
 def configure_logging():
@@ -110,8 +196,10 @@ def parse_flags(argv):
   its close matches instead. Other flag errors are one line too.
   """
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
   except flags.Error as e:
+    # A stray argument is often why a required flag is missing.
+    _refuse_arguments(_unparsed_arguments(argv))
     _exit(f"error: {e}", 2)
   except (KeyError, AttributeError) as e:
     settings = sorted(_dotted_settings(_config_file_settings(argv)))
@@ -129,6 +217,68 @@ def parse_flags(argv):
       else "see configs/default.py for the settings"
     )
     _exit(f"error: --config.{unknown[0]}: no such setting; {hint}", 2)
+  _refuse_arguments(rest[1:])
+  return rest
+
+
+def _refuse_arguments(arguments):
+  """Exits on an argument that is not a flag, which absl would pass over."""
+  if not arguments:
+    return
+  arg = arguments[0]
+  guess = _flag_meant(arg)
+  _exit(
+    f"error: unexpected argument {arg!r}; expected flags only"
+    + (f" (did you mean --{guess}={arg}?)" if guess else ""),
+    2,
+  )
+
+
+def _flag_meant(arg):
+  """The flag a stray argument was probably meant for, or None."""
+  path = pathlib.Path(arg).expanduser()
+  for name, fits in (
+    ("config", arg.split(":", 1)[0].endswith(".py")),
+    ("workdir", (path / "config.json").is_file()),
+    ("wav", path.suffix.lower() in (".wav", ".flac")),
+  ):
+    if fits and name in flags.FLAGS:
+      return name
+  return None
+
+
+def _unparsed_arguments(argv):
+  """The arguments absl leaves unparsed: neither flags nor their values.
+
+  For when absl raised before returning them, e.g. a required flag left out
+  because its value was given without the flag.
+  """
+  found, args = [], iter(argv[1:])
+  for arg in args:
+    if arg == "--":
+      found.extend(args)
+    elif not arg.startswith("-") or arg == "-":
+      found.append(arg)
+    else:
+      name = arg.lstrip("-")
+      # `--flag value`: a non-boolean flag without `=` takes the next one.
+      if "=" not in name and name in flags.FLAGS:
+        if not flags.FLAGS[name].boolean:
+          next(args, None)
+  return found
+
+
+class PathParser(flags.ArgumentParser):
+  """A path flag's value with `~` expanded, as config.data.root's is.
+
+  For flags.DEFINE(runtime.PathParser(), name, default, help).
+  """
+
+  def parse(self, argument):
+    return os.path.expanduser(argument)
+
+  def flag_type(self):
+    return "string"
 
 
 def _config_file_settings(argv):

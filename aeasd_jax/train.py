@@ -6,11 +6,9 @@ models train together under jax.vmap, data-parallel over a device Mesh
 """
 
 import concurrent.futures
-import contextlib
 import functools
 import logging
-import signal
-import threading
+import pathlib
 
 import jax
 import numpy as np
@@ -19,6 +17,7 @@ from aeasd_jax import checkpoint
 from aeasd_jax import config_check
 from aeasd_jax import dataset
 from aeasd_jax import group_scoring
+from aeasd_jax import interrupts
 from aeasd_jax import metric_log
 from aeasd_jax import runtime
 from aeasd_jax import trainer as trainer_lib
@@ -161,16 +160,11 @@ def _compile_while_loading(trainer, timer):
   """
 
   def compile_programs():
-    with timer.phase("compile"):
-      cached_before = runtime.compilation_cache_entries()
+    with timer.phase("compile"), runtime.compile_tracker() as compiles:
       trainer.compile()
-      warm = (
-        jax.config.jax_compilation_cache_dir
-        and runtime.compilation_cache_entries() == cached_before
-      )
-      timer.notes["compile"] = ("warm" if warm else "cold") + (
-        ", overlapped with loading"
-      )
+    timer.notes["compile"] = ("warm" if compiles.warm else "cold") + (
+      ", overlapped with loading"
+    )
 
   with concurrent.futures.ThreadPoolExecutor(1) as pool:
     compiled = pool.submit(compile_programs)
@@ -189,21 +183,24 @@ def train_and_evaluate(config, workdir):
     The final training state (stacked over models).
   """
   config_check.check_config(config)
+  workdir = pathlib.Path(workdir).expanduser()
   # The lock comes first, so that a refused second run writes nothing.
   with workdir_lock.hold(workdir, config.workdir_lock_stale_s):
-    return _train_and_evaluate(config, workdir_files.prepare(workdir, config))
+    resuming = (workdir / workdir_files.CONFIG_FILE).exists()
+    workdir_files.check_resume(workdir, config)
+    return _train_and_evaluate(config, workdir, resuming)
 
 
-def _train_and_evaluate(config, workdir):
+def _train_and_evaluate(config, workdir, resuming):
+  """The run; it writes to the workdir only once every check has passed."""
   timer = metric_log.PhaseTimer()
   with timer.phase("features"):
     features, groups = dataset.load(config)
     check_trainable(config, features, groups)
+    if resuming:
+      workdir_files.check_same_data(workdir, config, features, groups)
     trainer = _make_trainer(config, features, groups)
   setup = trainer.setup
-  workdir_files.write_json(
-    workdir / workdir_files.GROUPS_FILE, [g.name for g in groups]
-  )
   _compile_while_loading(trainer, timer)
   mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
   last_saved = mngr.latest_step()
@@ -212,6 +209,7 @@ def _train_and_evaluate(config, workdir):
   else:
     state = checkpoint.restore(mngr, trainer.abstract_state())
     log.info("resuming from epoch %d in %s", last_saved, mngr.directory)
+  config = _record_run(config, workdir, features, groups, last_saved or 0)
   # Epochs after the checkpoint are trained again; their old records would
   # contradict the new ones.
   metric_log.drop_epochs_after(workdir, last_saved)
@@ -226,7 +224,7 @@ def _train_and_evaluate(config, workdir):
   score_dev_auc = functools.partial(
     group_scoring.dev_auc_per_model, config, features, groups, setup
   )
-  stop = _StopRequest()
+  stop = interrupts.StopRequest()
   epoch = int(state.epoch)
   try:
     with stop.installed():
@@ -312,61 +310,44 @@ def _train_and_evaluate(config, workdir):
   return state
 
 
+def _record_run(config, workdir, features, groups, done):
+  """Writes the run's config, groups and data identity; returns its config.
+
+  The config keeps what is true of the weights: paths resolved, so that
+  evaluating from another folder finds the same data, and at least the
+  epochs already trained.
+  """
+  config = config.copy_and_resolve_references()
+  if config.train.epochs < done:
+    log.warning(
+      "workdir %s holds %d epochs, more than config.train.epochs=%d: nothing"
+      " to train, and its config.json keeps epochs=%d, true to its weights",
+      workdir,
+      done,
+      config.train.epochs,
+      done,
+    )
+    config.train.epochs = done
+  for section, name in (("data", "root"), ("data", "cache_dir")):
+    if config[section][name]:
+      config[section][name] = str(
+        pathlib.Path(config[section][name]).expanduser().resolve()
+      )
+  workdir_files.record_run(
+    workdir,
+    config,
+    [g.name for g in groups],
+    dataset.data_identity(config, features, groups),
+  )
+  return config
+
+
 def _resume_point(last_saved):
   return (
     f"epoch {last_saved}, its last checkpoint"
     if last_saved is not None
     else "the start: no checkpoint was saved yet"
   )
-
-
-class _StopRequest:
-  """Ctrl-C once: finish the epoch, save it and stop. Twice: stop at once.
-
-  "At once" only inside an epoch's computation: a checkpoint write cut short
-  leaves Orbax's threads waiting forever, so the process would never exit.
-  Installed only in a single-process run's main thread: the processes of a
-  multi-host run could not agree on the epoch to stop at.
-  """
-
-  def __init__(self):
-    self.requested = False
-    self._interruptible = False
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    if self.requested and self._interruptible:
-      raise KeyboardInterrupt
-    if self.requested:
-      log.warning("Ctrl-C: finishing this epoch's checkpoint write first")
-      return
-    self.requested = True
-    log.warning(
-      "Ctrl-C: stopping once this epoch is saved (Ctrl-C again to stop at once)"
-    )
-
-  @contextlib.contextmanager
-  def interruptible(self):
-    """Marks the block as safe to stop with KeyboardInterrupt."""
-    self._interruptible = True
-    try:
-      yield
-    finally:
-      self._interruptible = False
-
-  @contextlib.contextmanager
-  def installed(self):
-    if (
-      threading.current_thread() is not threading.main_thread()
-      or jax.process_count() > 1
-    ):
-      yield
-      return
-    previous = signal.signal(signal.SIGINT, self._handle)
-    try:
-      yield
-    finally:
-      signal.signal(signal.SIGINT, previous)
 
 
 def _warn_unselected(config, setup, groups, best):

@@ -7,6 +7,7 @@ when it is read, before any work depends on it.
 
 import contextlib
 import json
+import logging
 import math
 import numbers
 import os
@@ -18,13 +19,19 @@ import jax
 import ml_collections
 
 from aeasd_jax import config_check
+from aeasd_jax import dataset
 from aeasd_jax.errors import AeasdError
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 GROUPS_FILE = "groups.json"  # Group names in model order.
 THRESHOLDS_FILE = "thresholds.json"  # {weights tag: their fitted thresholds}
+DATA_FILE = "data.json"  # The fingerprint of the data the run trained on.
 # Settings that fix the shape and meaning of a checkpoint; the others (epochs,
-# logging, scoring) may change between a run and its resumption.
+# logging, scoring) may change between a run and its resumption. Which data
+# the run trains on is checked by its fingerprint (DATA_FILE), so a moved
+# copy of the same data is the same run.
 IDENTITY_SETTINGS = (
   "seed",
   "model",
@@ -34,12 +41,19 @@ IDENTITY_SETTINGS = (
   "data.use_eval_train",
   "train.num_seeds",
   "train.validation_split",
+  # The stored best metric is a validation loss or a negative dev AUC;
+  # comparing one with the other would keep the wrong weights.
+  "train.select_by",
 )
 _CONFIG_HINT = (
   "expected the config train.py wrote for this run; restore it"
   " or use another --workdir"
 )
 _GROUPS_HINT = "delete it and rerun train.py, which writes it again"
+_DATA_HINT = (
+  "delete it and rerun train.py to write it again (its data is then taken"
+  " on trust)"
+)
 _THRESHOLDS_HINT = (
   "delete it; train.py and evaluate.py fit the thresholds again"
 )
@@ -259,16 +273,20 @@ def make_workdir(workdir):
   return workdir
 
 
-def prepare(workdir, config):
-  """Creates the workdir and records the config, or checks it matches.
+def check_resume(workdir, config):
+  """Creates the workdir, or checks that `config` may resume the run in it.
 
-  Every JSON file the workdir already holds is checked first, so a damaged
-  one stops the run before any training.
+  Writes no file: a rerun that fails any check leaves the workdir as it was
+  (record_run writes once every check has passed). Every JSON file the
+  workdir holds is checked, so a damaged one stops the run before any
+  training.
+
+  Returns:
+    The workdir as a Path.
 
   Raises:
     AeasdError: the workdir cannot be written, one of its files is damaged,
-      or it holds a run of another model or dataset that its checkpoints
-      would not fit.
+      or it holds a run of other settings that its checkpoints would not fit.
   """
   workdir = make_workdir(workdir)
   saved_path = workdir / CONFIG_FILE
@@ -286,8 +304,66 @@ def prepare(workdir, config):
   if (workdir / GROUPS_FILE).exists():
     read_groups(workdir)
   read_thresholds(workdir)
-  write_json(saved_path, json.loads(config.to_json()), indent=2, sort_keys=True)
+  read_data_identity(workdir)
   return workdir
+
+
+def record_run(workdir, config, group_names, data_identity):
+  """Writes what a run is: its config, its groups, the data it trains on."""
+  write_json(
+    pathlib.Path(workdir) / CONFIG_FILE,
+    json.loads(config.to_json()),
+    indent=2,
+    sort_keys=True,
+  )
+  write_json(pathlib.Path(workdir) / GROUPS_FILE, list(group_names))
+  write_json(pathlib.Path(workdir) / DATA_FILE, data_identity, indent=2)
+
+
+def read_data_identity(workdir):
+  """data.json's {"fingerprint", "training_clips", "root"}; None if absent.
+
+  Workdirs written before data.json existed have none.
+  """
+  path = pathlib.Path(workdir) / DATA_FILE
+  if not path.exists():
+    return None
+  identity = read_json(path, dict, _DATA_HINT)
+  if not (
+    isinstance(identity.get("fingerprint"), str)
+    and isinstance(identity.get("training_clips"), int)
+  ):
+    raise _damaged(
+      path, "expected a fingerprint and a count of training clips", _DATA_HINT
+    )
+  return identity
+
+
+def check_same_data(workdir, config, features, groups):
+  """Refuses data other than what the workdir's run trained on.
+
+  Compares the training clips' fingerprint (their paths below the data root
+  and the digests of their bytes), so a moved or copied dataset passes and
+  other audio under the same names does not.
+  """
+  stored = read_data_identity(workdir)
+  if stored is None:
+    log.warning(
+      "workdir %s has no %s (written by an older version): cannot check"
+      " that its data is the data it trained on",
+      workdir,
+      DATA_FILE,
+    )
+    return
+  now = dataset.data_identity(config, features, groups)
+  if now["fingerprint"] != stored["fingerprint"]:
+    raise AeasdError(
+      f"workdir {workdir} was trained on other data: its"
+      f" {stored['training_clips']} training clips (under"
+      f" {stored.get('root')}) differ from the {now['training_clips']} under"
+      f" {now['root']} in their names or audio; expected the same dataset"
+      " (a moved copy is fine), or use another --workdir"
+    )
 
 
 def load_config(workdir):

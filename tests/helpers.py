@@ -1,5 +1,7 @@
 """Helpers shared by test modules: the tiny config and trained weights."""
 
+import chex
+
 from aeasd_jax import workdir_files
 from aeasd_jax import workdir_weights
 from configs import default
@@ -29,3 +31,12 @@ def latest_weights(workdir):
     config, workdir, workdir_files.read_groups(workdir), "latest"
   )
   return params, batch_stats
+
+
+def assert_best_equals_latest(workdir):
+  """The weights evaluate.py takes as "best" are the latest, not the initial."""
+  config = workdir_files.load_config(workdir)
+  groups = workdir_files.read_groups(workdir)
+  best = workdir_weights.load_weights(config, workdir, groups, "best")[1:3]
+  latest = workdir_weights.load_weights(config, workdir, groups, "latest")[1:3]
+  chex.assert_trees_all_equal(best, latest)

@@ -19,7 +19,6 @@ import sys
 import time
 from typing import Callable
 
-import chex
 import csv
 import numpy as np
 import orbax.checkpoint as ocp
@@ -28,14 +27,13 @@ import pytest
 import helpers
 from aeasd_jax import cache
 from aeasd_jax import evaluation
+from aeasd_jax import interrupts
 from aeasd_jax import metric_log
 from aeasd_jax import recordings
 from aeasd_jax import runtime
 from aeasd_jax import steps
 from aeasd_jax import train
-from aeasd_jax import workdir_files
 from aeasd_jax import workdir_lock
-from aeasd_jax import workdir_weights
 from aeasd_jax.errors import AeasdError
 
 REPO = pathlib.Path(__file__).parents[1]
@@ -406,14 +404,6 @@ def test_bad_input(
   assert code == case.code, stderr
 
 
-def _best_equals_latest(workdir):
-  config = workdir_files.load_config(workdir)
-  groups = workdir_files.read_groups(workdir)
-  best = workdir_weights.load_weights(config, workdir, groups, "best")[1:3]
-  latest = workdir_weights.load_weights(config, workdir, groups, "latest")[1:3]
-  chex.assert_trees_all_equal(best, latest)
-
-
 def test_group_of_one_training_clip_is_scored_with_trained_weights(
   tiny_config, tmp_path, caplog
 ):
@@ -428,7 +418,7 @@ def test_group_of_one_training_clip_is_scored_with_trained_weights(
   assert "no model selection for fan/seed0: no training clip was held out" in (
     caplog.text
   )
-  _best_equals_latest(tmp_path / "run")
+  helpers.assert_best_equals_latest(tmp_path / "run")
 
 
 def test_checkpoint_whose_best_is_the_initialisation_scores_the_latest(
@@ -438,7 +428,7 @@ def test_checkpoint_whose_best_is_the_initialisation_scores_the_latest(
   monkeypatch.setattr(steps, "keep_best", lambda state, metric: state)
   train.train_and_evaluate(tiny_config, tmp_path)
   monkeypatch.undo()
-  _best_equals_latest(tmp_path)
+  helpers.assert_best_equals_latest(tmp_path)
 
 
 def test_failed_background_checkpoint_write_names_its_own_epoch(
@@ -595,7 +585,7 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_log_is_consistent(
 
 
 def test_second_ctrl_c_stops_at_once_only_inside_an_epoch(caplog):
-  stop = train._StopRequest()  # pylint: disable=protected-access
+  stop = interrupts.StopRequest()
   with stop.installed():
     os.kill(os.getpid(), signal.SIGINT)
     assert stop.requested

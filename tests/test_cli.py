@@ -7,12 +7,19 @@ traceback.
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
 import pytest
+import soundfile
 
+from aeasd_jax import evaluation
 from aeasd_jax import metric_log
+from aeasd_jax import recordings
+from aeasd_jax import synth
+from aeasd_jax import workdir_files
+from aeasd_jax.errors import AeasdError
 
 REPO = pathlib.Path(__file__).parents[1]
 
@@ -127,3 +134,98 @@ def test_evaluate_errors_are_one_line(tmp_path):
   assert result.returncode == 2
   assert "Traceback" not in result.stderr
   assert "config.json" in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def moved_run(cli_runs, tiny_root, tmp_path):
+  """A copy of a trained workdir whose data has moved: (workdir, new root).
+
+  Its config.json names the data's old place, which no longer exists.
+  """
+  base, _, _ = cli_runs
+  workdir = shutil.copytree(base / "second", tmp_path / "run")
+  root = shutil.copytree(tiny_root, tmp_path / "moved")
+  config = json.loads((workdir / "config.json").read_text())
+  config["data"]["root"] = str(tmp_path / "gone")
+  (workdir / "config.json").write_text(json.dumps(config))
+  return workdir, root
+
+
+def test_evaluate_names_the_flag_for_data_that_moved(moved_run):
+  workdir, _ = moved_run
+  result = _run("evaluate.py", f"--workdir={workdir}", check=False)
+  assert result.returncode == 2
+  line = result.stderr.strip().splitlines()[-1]
+  assert line.startswith(f"error: {workdir / 'config.json'}: data.root=")
+  assert line.endswith(
+    "use --data_root=PATH to point evaluate.py at the data's new location"
+  )
+
+
+def test_evaluate_reads_moved_data_without_rewriting_the_workdir(moved_run):
+  workdir, root = moved_run
+  before = (workdir / "config.json").read_text()
+  report = evaluation.evaluate(workdir, data_root=str(root))
+  assert report["dev"]
+  assert (workdir / "config.json").read_text() == before
+
+
+def test_wav_fits_thresholds_on_moved_data(moved_run, capsys):
+  workdir, root = moved_run
+  (workdir / workdir_files.THRESHOLDS_FILE).unlink()
+  wav = next((root / "dev_data" / "fan" / "test").glob("*.wav"))
+  with pytest.raises(AeasdError, match=r"use --data_root=PATH"):
+    recordings.score_recordings(workdir, wav, machine_type="fan")
+  (row,) = recordings.score_recordings(
+    workdir, wav, machine_type="fan", data_root=str(root)
+  )
+  assert "score" in row
+  assert (workdir / workdir_files.THRESHOLDS_FILE).exists()
+  capsys.readouterr()
+
+
+def test_data_root_of_other_data_is_refused(moved_run, tmp_path):
+  workdir, _ = moved_run
+  other = synth.generate(
+    tmp_path / "other", seed=1, clips_per_id=4, seconds=1.0
+  )
+  with pytest.raises(AeasdError, match="trained on other data"):
+    evaluation.evaluate(workdir, data_root=str(other))
+  with pytest.raises(AeasdError, match=r"--data_root=.*: no such folder"):
+    evaluation.evaluate(workdir, data_root=str(tmp_path / "nowhere"))
+
+
+def test_data_errors_say_where_evaluate_reads_the_settings(moved_run):
+  workdir, root = moved_run
+  bad = next((root / "dev_data" / "fan" / "train").glob("*.wav"))
+  bad.write_bytes(b"not audio")
+  config = workdir_files.load_config(workdir)
+  with pytest.raises(AeasdError) as error:
+    evaluation.load_data(workdir, config, str(root))
+  assert "config.data.skip_bad_files=True" in str(error.value)
+  assert f"from {workdir / 'config.json'}: change them there" in str(
+    error.value
+  )
+
+
+def test_wav_at_another_rate_gets_advice_evaluate_can_follow(
+  cli_runs, tiny_root, tmp_path, capsys
+):
+  base, _, _ = cli_runs
+  source = next((tiny_root / "dev_data" / "fan" / "test").glob("*.wav"))
+  samples, rate = soundfile.read(source)
+  assert rate == 16000
+  folder = tmp_path / "recordings"
+  folder.mkdir()
+  shutil.copy(source, folder / source.name)
+  soundfile.write(folder / f"44k_{source.name}", samples, 44100)
+  rows = recordings.score_recordings(
+    base / "second", folder, machine_type="fan"
+  )
+  (error,) = [r["error"] for r in rows if "error" in r]
+  assert error.endswith(
+    "sample rate 44100 Hz, expected 16000 Hz (resample it to 16000 Hz first"
+    " (e.g. sox in.wav -r 16000 out.wav), or retrain with"
+    " --config.data.resample=True)"
+  )
+  capsys.readouterr()

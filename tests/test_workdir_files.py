@@ -12,6 +12,20 @@ from aeasd_jax.errors import AeasdError
 from configs import default
 
 
+_IDENTITY = {"fingerprint": "0" * 64, "training_clips": 1, "root": "/data"}
+
+
+def _prepare(workdir, config):
+  """What train.py does to a workdir before training: check, then record."""
+  workdir_files.check_resume(workdir, config)
+  groups = (
+    workdir_files.read_groups(workdir)
+    if (workdir / "groups.json").exists()
+    else ["fan"]
+  )
+  workdir_files.record_run(workdir, config, groups, _IDENTITY)
+
+
 def _strict_loads(text):
   def refuse(constant):
     raise ValueError(f"not strict JSON: {constant}")
@@ -92,10 +106,10 @@ def test_non_finite_floats_are_written_as_null(tmp_path):
 def test_a_config_with_an_infinite_setting_is_written_strictly(tmp_path):
   config = default.get_config()
   config.features.fmax = math.inf  # An identity setting, compared on resume.
-  workdir_files.prepare(tmp_path, config)
+  _prepare(tmp_path, config)
   saved = _strict_loads((tmp_path / "config.json").read_text())
   assert saved["features"]["fmax"] is None
-  workdir_files.prepare(tmp_path, config)  # Still the same run.
+  _prepare(tmp_path, config)  # Still the same run.
 
 
 @pytest.mark.parametrize(
@@ -137,14 +151,14 @@ def test_a_config_with_an_infinite_setting_is_written_strictly(tmp_path):
     ("config.json", "{}", r"config.json: damaged \(no setting seed\)"),
   ],
 )
-def test_prepare_names_a_damaged_file_before_any_work(
+def test_a_damaged_file_is_named_before_any_work(
   tmp_path, name, text, expected
 ):
   config = default.get_config()
-  workdir_files.prepare(tmp_path, config)
+  _prepare(tmp_path, config)
   (tmp_path / name).write_bytes(text.encode("latin-1"))
   with pytest.raises(AeasdError, match=expected):
-    workdir_files.prepare(tmp_path, config)
+    _prepare(tmp_path, config)
 
 
 @pytest.mark.parametrize(
@@ -157,7 +171,7 @@ def test_prepare_names_a_damaged_file_before_any_work(
   ],
 )
 def test_a_config_json_lacking_a_setting_names_it(tmp_path, drop, missing):
-  workdir_files.prepare(tmp_path, default.get_config())
+  _prepare(tmp_path, default.get_config())
   values = json.loads((tmp_path / "config.json").read_text())
   *groups, key = drop.split(".")
   parent = values
@@ -175,7 +189,7 @@ def test_a_config_json_lacking_a_setting_names_it(tmp_path, drop, missing):
 
 
 def test_a_config_json_with_a_wrong_kind_of_setting_is_named(tmp_path):
-  workdir_files.prepare(tmp_path, default.get_config())
+  _prepare(tmp_path, default.get_config())
   values = json.loads((tmp_path / "config.json").read_text())
   values["model"] = 5
   (tmp_path / "config.json").write_text(json.dumps(values))
@@ -226,7 +240,7 @@ def test_stored_null_thresholds_read_back_as_nan(tmp_path):
 
 def test_a_good_workdir_passes_and_keeps_its_config(tmp_path):
   config = default.get_config()
-  workdir_files.prepare(tmp_path, config)
+  _prepare(tmp_path, config)
   workdir_files.write_json(tmp_path / "groups.json", ["fan", "pump"])
   workdir_files.write_json(
     tmp_path / "thresholds.json",
@@ -238,7 +252,7 @@ def test_a_good_workdir_passes_and_keeps_its_config(tmp_path):
       }
     },
   )
-  workdir_files.prepare(tmp_path, config)
+  _prepare(tmp_path, config)
   assert workdir_files.read_groups(tmp_path) == ["fan", "pump"]
   assert workdir_files.load_config(tmp_path).to_dict() == json.loads(
     config.to_json()
@@ -247,11 +261,11 @@ def test_a_good_workdir_passes_and_keeps_its_config(tmp_path):
 
 def test_a_run_resumes_a_workdir_lacking_a_newer_setting(tmp_path):
   config = default.get_config()
-  workdir_files.prepare(tmp_path, config)
+  _prepare(tmp_path, config)
   values = json.loads((tmp_path / "config.json").read_text())
   del values["train"]["log_every"]  # Not an identity setting.
   (tmp_path / "config.json").write_text(json.dumps(values))
   with pytest.raises(AeasdError, match=r"no setting train.log_every"):
     workdir_files.load_config(tmp_path)
-  workdir_files.prepare(tmp_path, config)
+  _prepare(tmp_path, config)
   assert workdir_files.load_config(tmp_path).train.log_every == 1
