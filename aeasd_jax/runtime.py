@@ -43,6 +43,8 @@ def enable_compilation_cache(config):
 # one served from the cache also records the second (jax/_src/compiler.py).
 _CACHE_REQUEST = "/jax/compilation_cache/compile_requests_use_cache"
 _CACHE_HIT = "/jax/compilation_cache/cache_hits"
+# Recorded once per program XLA compiles, whether or not a cache is on.
+_BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 
 
 class CompileCounts:
@@ -51,6 +53,7 @@ class CompileCounts:
   def __init__(self):
     self.requests = 0
     self.hits = 0
+    self.programs = 0  # Programs XLA compiled (not served from the cache).
 
   @property
   def warm(self):
@@ -76,11 +79,17 @@ def compile_tracker():
       counts.requests += event == _CACHE_REQUEST
       counts.hits += event == _CACHE_HIT
 
+  def listen_duration(event, unused_duration, **unused_metadata):
+    with lock:
+      counts.programs += event == _BACKEND_COMPILE
+
   jax.monitoring.register_event_listener(listen)
+  jax.monitoring.register_event_duration_secs_listener(listen_duration)
   try:
     yield counts
   finally:
     jax.monitoring.unregister_event_listener(listen)
+    jax.monitoring.unregister_event_duration_listener(listen_duration)
 
 
 def initialize_distributed(coordinator_address, num_processes, process_id):

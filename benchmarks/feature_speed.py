@@ -68,22 +68,6 @@ def time_librosa(clips, librosa):
   return time.perf_counter() - start
 
 
-class CompileCount:
-  """Counts XLA compiles, one per program, in a `with` block."""
-
-  def __enter__(self):
-    self.count = 0
-    jax.monitoring.register_event_duration_secs_listener(self._listen)
-    return self
-
-  def _listen(self, event, duration, **kwargs):
-    if event == "/jax/core/compile/backend_compile_duration":
-      self.count += 1
-
-  def __exit__(self, *exc_info):
-    jax.monitoring.unregister_event_duration_listener(self._listen)
-
-
 def write_clips(folder, seconds, sample_rate):
   """Noise clips of the given lengths, as dcase.Clips."""
   folder.mkdir(parents=True)
@@ -121,7 +105,7 @@ def time_lengths(config, work, count, seconds):
       "clips": count,
       "distinct_lengths": len({int(round(s * rate)) for s in lengths}),
     }
-    with CompileCount() as compiles:
+    with runtime.compile_tracker() as compiles:
       start = time.perf_counter()
       cache.build_or_load(
         clips,
@@ -133,19 +117,19 @@ def time_lengths(config, work, count, seconds):
       )
     record.update(
       cache_build_s=time.perf_counter() - start,
-      cache_build_programs=compiles.count,
+      cache_build_programs=compiles.programs,
     )
     per_file = {
       "bucketed": lambda y, fn=features.ClipLogMel(params): fn([y])[0],
       "unbucketed": jax.jit(functools.partial(features.log_mel, **params)),
     }
     for method, log_mel in per_file.items():
-      with CompileCount() as compiles:
+      with runtime.compile_tracker() as compiles:
         start = time.perf_counter()
         for clip in clips:
           np.asarray(log_mel(audio.read_audio(clip.path, sample_rate=rate)))
       record[f"per_file_{method}_s"] = time.perf_counter() - start
-      record[f"per_file_{method}_programs"] = compiles.count
+      record[f"per_file_{method}_programs"] = compiles.programs
     print(
       f"{name}: {count} clips of {record['distinct_lengths']} length(s)"
       f" from {min(lengths):g} to {max(lengths):g} s: cache build"

@@ -26,6 +26,7 @@ from aeasd_jax import cache_compute
 from aeasd_jax import dataset
 from aeasd_jax import dcase
 from aeasd_jax import features
+from aeasd_jax import runtime
 from aeasd_jax.errors import AeasdError
 
 SR = 16000
@@ -420,7 +421,6 @@ def test_a_build_this_process_still_uses_is_kept(tmp_path, caplog):
 _READER = """
 import sys
 from aeasd_jax import cache
-from aeasd_jax import cache_compute
 fc = cache.load(sys.argv[1])
 print(float(fc.frames.sum()), flush=True)
 sys.stdin.read()
@@ -839,29 +839,13 @@ def _bucket_samples(n_samples):
   return (frames - 1) * HOP + FEATURES["n_fft"]
 
 
-class _CompileCount:
-  """Counts XLA compiles (one per program) in a `with` block."""
-
-  def __enter__(self):
-    self.count = 0
-    jax.monitoring.register_event_duration_secs_listener(self._listen)
-    return self
-
-  def _listen(self, event, duration, **kwargs):
-    if event == "/jax/core/compile/backend_compile_duration":
-      self.count += 1
-
-  def __exit__(self, *exc_info):
-    jax.monitoring.unregister_event_duration_listener(self._listen)
-
-
 def test_distinct_lengths_compile_a_program_per_bucket(tmp_path):
   # 12 lengths, 15 to 26 frames, fall in 4 buckets: 16, 20, 24 and 28.
   seconds = [(14 + i) * HOP / SR + 0.01 for i in range(12)]
   clips = _clips(tmp_path, seconds)
-  with _CompileCount() as compiles:
+  with runtime.compile_tracker() as compiles:
     fc = cache.build_or_load(clips, FEATURES, tmp_path / "cache", **BUILD)
-  assert compiles.count == 4
+  assert compiles.programs == 4
   frames = [1 + int(round(s * SR)) // HOP for s in seconds]
   assert frames == list(range(15, 27))
   assert {features.bucket_frames(f) for f in frames} == {16, 20, 24, 28}
