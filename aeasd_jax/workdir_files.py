@@ -6,6 +6,7 @@ when it is read, before any work depends on it.
 """
 
 import contextlib
+import importlib
 import json
 import logging
 import math
@@ -369,16 +370,22 @@ def check_same_data(workdir, config, features, groups):
 def load_config(workdir):
   """The ConfigDict a workdir was trained with.
 
+  A setting added to configs/default.py after the workdir was written takes
+  its default, with a warning; without them every new setting would make
+  older workdirs unreadable. Identity settings are never filled in.
+
   Raises:
     AeasdError: config.json is missing, not JSON, or lacks a setting.
   """
-  return _load_config(workdir, config_check.check_config)
+  return _load_config(workdir, config_check.check_config, fill_defaults=True)
 
 
-def _load_config(workdir, check):
+def _load_config(workdir, check, fill_defaults=False):
   """config.json, which must hold the identity settings and pass `check`."""
   path = pathlib.Path(workdir) / CONFIG_FILE
   values = read_json(path, dict, _CONFIG_HINT)
+  if fill_defaults:
+    _fill_newer_settings(path, values)
   trail = []  # The dotted settings looked up, the failing one last.
   settings = _Settings(values, trail)
   try:
@@ -400,6 +407,47 @@ def _load_config(workdir, check):
   except AeasdError as e:
     raise AeasdError(f"{path}: {e}") from None
   return ml_collections.ConfigDict(values)
+
+
+def _fill_newer_settings(path, values):
+  """Adds the default of each non-identity setting `values` lacks."""
+  try:
+    # configs/ sits beside the package, importable where the entry points
+    # run; elsewhere nothing is filled in and a lack is reported as usual.
+    defaults = importlib.import_module("configs.default").get_config()
+  except ImportError:
+    return
+  added = []
+
+  def fill(stored, default, prefix):
+    for key, value in default.items():
+      dotted = f"{prefix}{key}"
+      if any(
+        dotted == s or dotted.startswith(s + ".") for s in IDENTITY_SETTINGS
+      ):
+        continue
+      if key not in stored:
+        stored[key] = json.loads(dumps_json(_plain(value)))
+        added.append(dotted)
+      elif isinstance(value, ml_collections.ConfigDict) and isinstance(
+        stored[key], dict
+      ):
+        fill(stored[key], value, f"{dotted}.")
+
+  fill(values, defaults, "")
+  if added:
+    log.warning(
+      "%s lacks setting(s) added since it was written: %s; using today's"
+      " defaults",
+      path,
+      ", ".join(added),
+    )
+
+
+def _plain(value):
+  if isinstance(value, ml_collections.ConfigDict):
+    return json.loads(value.to_json())
+  return value
 
 
 class _Settings(dict):
