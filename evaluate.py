@@ -9,8 +9,8 @@ from absl import flags
 
 from aeasd_jax import evaluation
 from aeasd_jax import recordings
+from aeasd_jax import run_identity
 from aeasd_jax import runtime
-from aeasd_jax import workdir_files
 
 flags.DEFINE(
   runtime.PathParser(),
@@ -55,7 +55,7 @@ def main(argv):
   runtime.configure_logging()
 
   def run():
-    config = workdir_files.load_config(FLAGS.workdir)
+    config = run_identity.load_config(FLAGS.workdir)
     runtime.enable_compilation_cache(config)
     if FLAGS.wav:
       return recordings.score_recordings(

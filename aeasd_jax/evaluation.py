@@ -12,6 +12,7 @@ from aeasd_jax import dataset
 from aeasd_jax import group_scoring
 from aeasd_jax import metric_log
 from aeasd_jax import results
+from aeasd_jax import run_identity
 from aeasd_jax import workdir_files
 from aeasd_jax import workdir_weights
 from aeasd_jax.errors import AeasdError
@@ -80,7 +81,7 @@ def load_data(workdir, config, data_root=None):
 
   Args:
     workdir: the run's folder.
-    config: its config (workdir_files.load_config).
+    config: its config (run_identity.load_config).
     data_root: the --data_root flag: where the data lies now, in place of
       config.data.root; config.json is not changed.
 
@@ -123,7 +124,7 @@ def load_data(workdir, config, data_root=None):
     )
     separator = "\n" if "\n" in str(e) else "; "
     raise AeasdError(f"{e}{separator}{note}") from None
-  workdir_files.check_same_data(workdir, config, features, groups)
+  run_identity.check_same_data(workdir, config, features, groups)
   saved_names = workdir_files.read_groups(workdir)
   if [g.name for g in groups] != saved_names:
     raise AeasdError(
@@ -152,7 +153,7 @@ def evaluate(
   """
   timer = metric_log.PhaseTimer()
   workdir = pathlib.Path(workdir)
-  config = workdir_files.load_config(workdir)
+  config = run_identity.load_config(workdir)
   with timer.phase("features"):
     features, groups = load_data(workdir, config, data_root)
   with timer.phase("restore"):

@@ -15,6 +15,7 @@ from aeasd_jax import dcase
 from aeasd_jax import evaluation
 from aeasd_jax import features as features_lib
 from aeasd_jax import group_scoring
+from aeasd_jax import run_identity
 from aeasd_jax import workdir_files
 from aeasd_jax import workdir_weights
 from aeasd_jax.errors import AeasdError
@@ -78,7 +79,7 @@ def score_recordings(
     One dict per file: path, and score, threshold and anomaly, or error.
   """
   workdir = pathlib.Path(workdir)
-  config = workdir_files.load_config(workdir)
+  config = run_identity.load_config(workdir)
   group_names = workdir_files.read_groups(workdir)
   types = sorted({g.split("/")[0] for g in group_names})
   if machine_type is None and len(types) == 1:

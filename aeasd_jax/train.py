@@ -19,6 +19,7 @@ from aeasd_jax import dataset
 from aeasd_jax import group_scoring
 from aeasd_jax import interrupts
 from aeasd_jax import metric_log
+from aeasd_jax import run_identity
 from aeasd_jax import runtime
 from aeasd_jax import trainer as trainer_lib
 from aeasd_jax import window_data
@@ -187,7 +188,7 @@ def train_and_evaluate(config, workdir):
   # The lock comes first, so that a refused second run writes nothing.
   with workdir_lock.hold(workdir, config.workdir_lock_stale_s):
     resuming = (workdir / workdir_files.CONFIG_FILE).exists()
-    workdir_files.check_resume(workdir, config)
+    run_identity.check_resume(workdir, config)
     return _train_and_evaluate(config, workdir, resuming)
 
 
@@ -198,7 +199,7 @@ def _train_and_evaluate(config, workdir, resuming):
     features, groups = dataset.load(config)
     check_trainable(config, features, groups)
     if resuming:
-      workdir_files.check_same_data(workdir, config, features, groups)
+      run_identity.check_same_data(workdir, config, features, groups)
     trainer = _make_trainer(config, features, groups)
   setup = trainer.setup
   _compile_while_loading(trainer, timer)
@@ -333,7 +334,7 @@ def _record_run(config, workdir, features, groups, done):
       config[section][name] = str(
         pathlib.Path(config[section][name]).expanduser().resolve()
       )
-  workdir_files.record_run(
+  run_identity.record_run(
     workdir,
     config,
     [g.name for g in groups],

@@ -2,6 +2,7 @@
 
 import chex
 
+from aeasd_jax import run_identity
 from aeasd_jax import workdir_files
 from aeasd_jax import workdir_weights
 from configs import default
@@ -26,7 +27,7 @@ def tiny_config(root, cache_dir):
 
 def latest_weights(workdir):
   """(params, batch_stats) of a workdir's latest checkpoint."""
-  config = workdir_files.load_config(workdir)
+  config = run_identity.load_config(workdir)
   _, params, batch_stats, _ = workdir_weights.load_weights(
     config, workdir, workdir_files.read_groups(workdir), "latest"
   )
@@ -35,7 +36,7 @@ def latest_weights(workdir):
 
 def assert_best_equals_latest(workdir):
   """The weights evaluate.py takes as "best" are the latest, not the initial."""
-  config = workdir_files.load_config(workdir)
+  config = run_identity.load_config(workdir)
   groups = workdir_files.read_groups(workdir)
   best = workdir_weights.load_weights(config, workdir, groups, "best")[1:3]
   latest = workdir_weights.load_weights(config, workdir, groups, "latest")[1:3]

@@ -17,6 +17,7 @@ import soundfile
 from aeasd_jax import evaluation
 from aeasd_jax import metric_log
 from aeasd_jax import recordings
+from aeasd_jax import run_identity
 from aeasd_jax import synth
 from aeasd_jax import workdir_files
 from aeasd_jax.errors import AeasdError
@@ -199,7 +200,7 @@ def test_data_errors_say_where_evaluate_reads_the_settings(moved_run):
   workdir, root = moved_run
   bad = next((root / "dev_data" / "fan" / "train").glob("*.wav"))
   bad.write_bytes(b"not audio")
-  config = workdir_files.load_config(workdir)
+  config = run_identity.load_config(workdir)
   with pytest.raises(AeasdError) as error:
     evaluation.load_data(workdir, config, str(root))
   assert "config.data.skip_bad_files=True" in str(error.value)

@@ -20,6 +20,7 @@ from aeasd_jax import group_scoring
 from aeasd_jax import metric_log
 from aeasd_jax import recordings
 from aeasd_jax import results
+from aeasd_jax import run_identity
 from aeasd_jax import scoring
 from aeasd_jax import train
 from aeasd_jax import window_data
@@ -261,7 +262,7 @@ def test_decisions_and_thresholds_are_written(trained):
   rows = list(csv.reader(open(workdir / "results" / "decisions.csv")))
   assert rows[0] == ["type", "id", "files", "precision", "recall", "F1"]
   assert len(rows) - 1 == len(report["decisions"])
-  stored = workdir_files.load_config(workdir)  # The workdir stays readable.
+  stored = run_identity.load_config(workdir)  # The workdir stays readable.
   assert stored.model.name == config.model.name
   assert (workdir / workdir_files.THRESHOLDS_FILE).exists()
 

@@ -16,6 +16,7 @@ import soundfile
 import helpers
 from aeasd_jax import evaluation
 from aeasd_jax import group_scoring
+from aeasd_jax import run_identity
 from aeasd_jax import train
 from aeasd_jax import workdir_files
 from aeasd_jax import workdir_weights
@@ -87,7 +88,7 @@ def test_fewer_epochs_than_done_trains_nothing_and_says_so(
   state = train.train_and_evaluate(tiny_config, tmp_path)
   assert int(state.epoch) == 2
   assert "holds 2 epochs, more than config.train.epochs=1" in caplog.text
-  assert workdir_files.load_config(tmp_path).train.epochs == 2
+  assert run_identity.load_config(tmp_path).train.epochs == 2
 
 
 def test_paths_are_stored_resolved(tiny_config, tmp_path, monkeypatch):
@@ -126,7 +127,7 @@ def test_thresholds_of_rolled_back_weights_are_fitted_again(
   tiny_config.train.learning_rate = 1e-2
   train.train_and_evaluate(tiny_config, tmp_path)
   after = _stored_thresholds(tmp_path)["best@2"]
-  config = workdir_files.load_config(tmp_path)
+  config = run_identity.load_config(tmp_path)
   _, params, batch_stats, _ = workdir_weights.load_weights(
     config, tmp_path, workdir_files.read_groups(tmp_path), "best"
   )

@@ -12,6 +12,7 @@ import orbax.checkpoint as ocp
 
 from aeasd_jax import checkpoint
 from aeasd_jax import dataset
+from aeasd_jax import run_identity
 from aeasd_jax import train
 from aeasd_jax import trainer as trainer_lib
 from aeasd_jax import window_data
@@ -23,7 +24,7 @@ def test_a_checkpoint_of_the_untyped_state_restores(tiny_config, tmp_path):
   """Checkpoints held nested dicts before the state was typed."""
   tiny_config.data.machine_types = ("fan",)
   train.train_and_evaluate(tiny_config, tmp_path)
-  config = workdir_files.load_config(tmp_path)
+  config = run_identity.load_config(tmp_path)
   groups = workdir_files.read_groups(tmp_path)
   _, params, batch_stats, _ = workdir_weights.load_weights(
     config, tmp_path, groups, "latest"

@@ -7,6 +7,7 @@ import stat
 
 import pytest
 
+from aeasd_jax import run_identity
 from aeasd_jax import workdir_files
 from aeasd_jax.errors import AeasdError
 from configs import default
@@ -17,13 +18,13 @@ _IDENTITY = {"fingerprint": "0" * 64, "training_clips": 1, "root": "/data"}
 
 def _prepare(workdir, config):
   """What train.py does to a workdir before training: check, then record."""
-  workdir_files.check_resume(workdir, config)
+  run_identity.check_resume(workdir, config)
   groups = (
     workdir_files.read_groups(workdir)
     if (workdir / "groups.json").exists()
     else ["fan"]
   )
-  workdir_files.record_run(workdir, config, groups, _IDENTITY)
+  run_identity.record_run(workdir, config, groups, _IDENTITY)
 
 
 def _strict_loads(text):
@@ -165,15 +166,13 @@ def test_a_damaged_file_is_named_before_any_work(
   "drop,missing",
   [
     ("model", "model"),
-    ("model.frames", "model.frames"),
-    ("train.num_seeds", "train.num_seeds"),
+    ("seed", "seed"),
     ("features", "features"),
+    ("data", "data"),
   ],
 )
-def test_a_config_json_lacking_an_identity_setting_names_it(
-  tmp_path, drop, missing
-):
-  """What the checkpoints mean is never filled in from today's defaults."""
+def test_a_config_json_lacking_a_section_names_it(tmp_path, drop, missing):
+  """Damage, not age: a new setting never comes as a whole section."""
   _prepare(tmp_path, default.get_config())
   values = json.loads((tmp_path / "config.json").read_text())
   *groups, key = drop.split(".")
@@ -188,7 +187,7 @@ def test_a_config_json_lacking_an_identity_setting_names_it(
     rf" {missing}\); expected every setting"
     " configs/default.py has; add it",
   ):
-    workdir_files.load_config(tmp_path)
+    run_identity.load_config(tmp_path)
 
 
 def test_a_config_json_with_a_wrong_kind_of_setting_is_named(tmp_path):
@@ -201,7 +200,7 @@ def test_a_config_json_with_a_wrong_kind_of_setting_is_named(tmp_path):
     match=r"config.json: damaged \(at setting"
     r" model: 'int' object is not subscriptable\)",
   ):
-    workdir_files.load_config(tmp_path)
+    run_identity.load_config(tmp_path)
   values["model"] = {**default.get_config().model.to_dict(), "frames": -1}
   (tmp_path / "config.json").write_text(json.dumps(values))
   with pytest.raises(
@@ -209,7 +208,7 @@ def test_a_config_json_with_a_wrong_kind_of_setting_is_named(tmp_path):
     match=r"config.json: config.model.frames=-1:"
     " expected a positive integer",
   ):
-    workdir_files.load_config(tmp_path)
+    run_identity.load_config(tmp_path)
 
 
 def test_a_missing_file_is_named(tmp_path):
@@ -218,7 +217,7 @@ def test_a_missing_file_is_named(tmp_path):
     match=r"config.json: missing; expected a"
     " workdir written by train.py",
   ):
-    workdir_files.load_config(tmp_path)
+    run_identity.load_config(tmp_path)
   with pytest.raises(AeasdError, match=r"groups.json: missing"):
     workdir_files.read_groups(tmp_path)
   assert workdir_files.read_thresholds(tmp_path) == {}
@@ -257,7 +256,7 @@ def test_a_good_workdir_passes_and_keeps_its_config(tmp_path):
   )
   _prepare(tmp_path, config)
   assert workdir_files.read_groups(tmp_path) == ["fan", "pump"]
-  assert workdir_files.load_config(tmp_path).to_dict() == json.loads(
+  assert run_identity.load_config(tmp_path).to_dict() == json.loads(
     config.to_json()
   )
 
@@ -266,15 +265,17 @@ def test_a_run_resumes_a_workdir_lacking_a_newer_setting(tmp_path, caplog):
   config = default.get_config()
   _prepare(tmp_path, config)
   values = json.loads((tmp_path / "config.json").read_text())
-  del values["train"]["log_every"]  # Not an identity setting.
+  del values["train"]["log_every"]
   del values["data"]["feature_batch_seconds"]
+  del values["model"]["compute_dtype"]  # Identity, but its default is old.
   (tmp_path / "config.json").write_text(json.dumps(values))
   # As an older version wrote it: evaluate.py reads it with today's defaults.
-  loaded = workdir_files.load_config(tmp_path)
+  loaded = run_identity.load_config(tmp_path)
   assert loaded.train.log_every == config.train.log_every
   assert loaded.data.feature_batch_seconds == config.data.feature_batch_seconds
   assert "train.log_every" in caplog.text
   assert "data.feature_batch_seconds" in caplog.text
+  assert loaded.model.compute_dtype == "float32"
   _prepare(tmp_path, config)
   assert json.loads((tmp_path / "config.json").read_text())["train"][
     "log_every"
