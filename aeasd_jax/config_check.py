@@ -101,6 +101,8 @@ def check_config(config):
     _positive_int(config, setting)
   _choice(config, "model.name", set(models.MODELS))
   _choice(config, "model.kl_reduction", {"mean", "sum"})
+  _choice(config, "model.init", set(models.INITS))
+  _choice(config, "model.vae", set(models.VAES))
   _choice(config, "model.compute_dtype", {"float32", "bfloat16", "float64"})
   # Without x64 JAX silently computes "float64" in float32.
   _require(

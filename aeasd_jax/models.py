@@ -1,17 +1,41 @@
-"""The detectors in Flax NNX: the DCASE baseline autoencoder, its VAE, IDNN.
+"""The detectors in Flax NNX: the DCASE baseline autoencoder, VAEs, IDNN.
 
 IDNN and VIDNN are the same networks fed the context frames and asked for the
-centre frame; the registry at the bottom maps config names to both facts.
+centre frame; the registries at the bottom map config names to the networks.
 """
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-# Keras' Dense default, which the DCASE baseline trained with.
-_KERNEL_INIT = nnx.initializers.glorot_uniform()
+
+def _torch_uniform(fan_in):
+  """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): torch.nn.Linear's kernel and bias.
+
+  PyTorch's kaiming_uniform_(a=sqrt(5)) has gain sqrt(2 / (1 + 5)) and bound
+  gain * sqrt(3 / fan_in), which is this; its bias takes the same bound.
+  """
+  bound = 1 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+# (kernel, bias) initialisers for a Dense layer of fan_in inputs, by
+# config.model.init. "keras": Keras' Dense default, as the DCASE baseline
+# trained; "torch": torch.nn.Linear's, as AE-ASD trained.
+INITS = {
+  "keras": lambda fan_in: (
+    nnx.initializers.glorot_uniform(),
+    nnx.initializers.zeros_init(),
+  ),
+  "torch": lambda fan_in: (_torch_uniform(fan_in), _torch_uniform(fan_in)),
+}
 
 
 def wide_dtype(compute_dtype):
@@ -23,12 +47,14 @@ def wide_dtype(compute_dtype):
   return jnp.promote_types(compute_dtype, jnp.float32)
 
 
-def _dense(in_features, out_features, dtype, rngs):
+def _dense(in_features, out_features, dtype, rngs, init):
   """A Dense layer computing in `dtype`, its parameters in wide_dtype(dtype)."""
+  kernel_init, bias_init = INITS[init](in_features)
   return nnx.Linear(
     in_features,
     out_features,
-    kernel_init=_KERNEL_INIT,
+    kernel_init=kernel_init,
+    bias_init=bias_init,
     dtype=dtype,
     param_dtype=wide_dtype(dtype),
     rngs=rngs,
@@ -39,9 +65,17 @@ class DenseBlock(nnx.Module):
   """Dense -> BatchNorm -> ReLU, the unit both autoencoders are built of."""
 
   def __init__(
-    self, in_features, out_features, *, bn_momentum, bn_epsilon, dtype, rngs
+    self,
+    in_features,
+    out_features,
+    *,
+    bn_momentum,
+    bn_epsilon,
+    dtype,
+    rngs,
+    init="keras",
   ):
-    self.dense = _dense(in_features, out_features, dtype, rngs)
+    self.dense = _dense(in_features, out_features, dtype, rngs, init)
     # Two-pass variance, as Keras and PyTorch compute it: the fast
     # E[x^2] - E[x]^2 loses digits on activations of raw dB features. The
     # statistics stay in float32 when the matmuls are bfloat16.
@@ -64,19 +98,9 @@ class DenseBlock(nnx.Module):
     return nnx.relu(self.norm(self.dense(x), use_running_average=not train))
 
 
-def _stack(widths, bn_momentum, bn_epsilon, dtype, rngs):
+def _stack(widths, **layer):
   return nnx.List(
-    [
-      DenseBlock(
-        a,
-        b,
-        bn_momentum=bn_momentum,
-        bn_epsilon=bn_epsilon,
-        dtype=dtype,
-        rngs=rngs,
-      )
-      for a, b in zip(widths[:-1], widths[1:])
-    ]
+    [DenseBlock(a, b, **layer) for a, b in zip(widths[:-1], widths[1:])]
   )
 
 
@@ -98,16 +122,23 @@ class Autoencoder(nnx.Module):
     bn_momentum,
     bn_epsilon,
     dtype=jnp.float32,
+    init="keras",
     rngs,
   ):
-    bn = dict(
-      bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, dtype=dtype, rngs=rngs
+    layer = dict(
+      bn_momentum=bn_momentum,
+      bn_epsilon=bn_epsilon,
+      dtype=dtype,
+      rngs=rngs,
+      init=init,
     )
-    self.encoder = _stack([in_features] + [hidden] * depth + [bottleneck], **bn)
-    self.decoder = _stack([bottleneck] + [hidden] * depth, **bn)
+    self.encoder = _stack(
+      [in_features] + [hidden] * depth + [bottleneck], **layer
+    )
+    self.decoder = _stack([bottleneck] + [hidden] * depth, **layer)
     # The output (and the VAE's heads) stay float32 (or float64): scores are
     # small differences of dB values, which bfloat16 would round away.
-    self.output = _dense(hidden, out_features, wide_dtype(dtype), rngs)
+    self.output = _dense(hidden, out_features, wide_dtype(dtype), rngs, init)
 
   def __call__(self, x, *, train, key=None):
     """Returns the reconstruction and a zero per-vector KL term."""
@@ -119,10 +150,16 @@ class Autoencoder(nnx.Module):
     return self.output(x), jnp.zeros(x.shape[:-1], x.dtype)
 
 
+def _kl(mu, log_variance):
+  """Per-vector KL(N(mu, exp(log_variance)) || N(0, I)), summed over z."""
+  return -0.5 * jnp.sum(1 + log_variance - mu**2 - jnp.exp(log_variance), -1)
+
+
 class VariationalAutoencoder(nnx.Module):
   """The encoder blocks, linear mean and log-variance heads, the AE decoder.
 
   Training samples z = mu + exp(logvar / 2) * eps; scoring decodes mu.
+  config.model.vae="reparameterised".
   """
 
   def __init__(
@@ -136,16 +173,22 @@ class VariationalAutoencoder(nnx.Module):
     bn_momentum,
     bn_epsilon,
     dtype=jnp.float32,
+    init="keras",
     rngs,
   ):
-    bn = dict(
-      bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, dtype=dtype, rngs=rngs
+    layer = dict(
+      bn_momentum=bn_momentum,
+      bn_epsilon=bn_epsilon,
+      dtype=dtype,
+      rngs=rngs,
+      init=init,
     )
-    self.encoder = _stack([in_features] + [hidden] * depth, **bn)
-    self.mean = _dense(hidden, bottleneck, wide_dtype(dtype), rngs)
-    self.log_variance = _dense(hidden, bottleneck, wide_dtype(dtype), rngs)
-    self.decoder = _stack([bottleneck] + [hidden] * depth, **bn)
-    self.output = _dense(hidden, out_features, wide_dtype(dtype), rngs)
+    wide = wide_dtype(dtype)
+    self.encoder = _stack([in_features] + [hidden] * depth, **layer)
+    self.mean = _dense(hidden, bottleneck, wide, rngs, init)
+    self.log_variance = _dense(hidden, bottleneck, wide, rngs, init)
+    self.decoder = _stack([bottleneck] + [hidden] * depth, **layer)
+    self.output = _dense(hidden, out_features, wide, rngs, init)
 
   def __call__(self, x, *, train, key=None):
     """Returns the reconstruction and the per-vector KL(q(z|x) || N(0, I))."""
@@ -158,25 +201,88 @@ class VariationalAutoencoder(nnx.Module):
       z = mu + jnp.exp(log_variance / 2) * noise
     for block in self.decoder:
       z = block(z, train=train)
-    kl = -0.5 * jnp.sum(1 + log_variance - mu**2 - jnp.exp(log_variance), -1)
-    return self.output(z), kl
+    return self.output(z), _kl(mu, log_variance)
+
+
+class AeasdVariationalAutoencoder(nnx.Module):
+  """AE-ASD's VAE: the encoder blocks, then three Dense-BN-ReLU heads.
+
+  The heads give mu, logvar and z; the decoder reads z * exp(logvar / 2) + mu,
+  with z a learned head in place of sampled noise, so training and scoring
+  compute the same deterministic formula (BatchNorm apart). With the defaults
+  it has 270,024 trainable parameters. config.model.vae="aeasd".
+  """
+
+  def __init__(
+    self,
+    in_features,
+    out_features,
+    *,
+    hidden,
+    depth,
+    bottleneck,
+    bn_momentum,
+    bn_epsilon,
+    dtype=jnp.float32,
+    init="keras",
+    rngs,
+  ):
+    layer = dict(
+      bn_momentum=bn_momentum,
+      bn_epsilon=bn_epsilon,
+      dtype=dtype,
+      rngs=rngs,
+      init=init,
+    )
+    self.encoder = _stack([in_features] + [hidden] * depth, **layer)
+    self.mean = DenseBlock(hidden, bottleneck, **layer)
+    self.log_variance = DenseBlock(hidden, bottleneck, **layer)
+    self.z = DenseBlock(hidden, bottleneck, **layer)
+    self.decoder = _stack([bottleneck] + [hidden] * depth, **layer)
+    self.output = _dense(hidden, out_features, wide_dtype(dtype), rngs, init)
+
+  def __call__(self, x, *, train, key=None):
+    """Returns the reconstruction and the per-vector KL term."""
+    del key  # Deterministic, in training too.
+    for block in self.encoder:
+      x = block(x, train=train)
+    mu = self.mean(x, train=train)
+    log_variance = self.log_variance(x, train=train)
+    z = self.z(x, train=train) * jnp.exp(log_variance / 2) + mu
+    for block in self.decoder:
+      z = block(z, train=train)
+    return self.output(z), _kl(mu, log_variance)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-  """A config model name: which network, and whether it interpolates."""
+  """A config model name: which kind of network, and whether it interpolates."""
 
-  network: type
+  # Whether config.model.vae picks the network from VAES.
+  variational: bool
   # IDNN: predict the centre frame from the others instead of reconstructing.
   interpolate: bool
 
 
 MODELS = {
-  "AE": ModelSpec(Autoencoder, interpolate=False),
-  "IDNN": ModelSpec(Autoencoder, interpolate=True),
-  "VAE": ModelSpec(VariationalAutoencoder, interpolate=False),
-  "VIDNN": ModelSpec(VariationalAutoencoder, interpolate=True),
+  "AE": ModelSpec(variational=False, interpolate=False),
+  "IDNN": ModelSpec(variational=False, interpolate=True),
+  "VAE": ModelSpec(variational=True, interpolate=False),
+  "VIDNN": ModelSpec(variational=True, interpolate=True),
 }
+
+# config.model.vae: the network of VAE and VIDNN.
+VAES = {
+  "reparameterised": VariationalAutoencoder,
+  "aeasd": AeasdVariationalAutoencoder,
+}
+
+
+def network(model_config):
+  """The nnx.Module class config.model names."""
+  if MODELS[model_config.name].variational:
+    return VAES[model_config.vae]
+  return Autoencoder
 
 
 def io_sizes(model_config):
@@ -190,7 +296,7 @@ def io_sizes(model_config):
 def build(model_config, rngs):
   """The network named by config.model.name, sized by the config."""
   in_features, out_features = io_sizes(model_config)
-  return MODELS[model_config.name].network(
+  return network(model_config)(
     in_features,
     out_features,
     hidden=model_config.hidden,
@@ -199,5 +305,6 @@ def build(model_config, rngs):
     bn_momentum=model_config.bn_momentum,
     bn_epsilon=model_config.bn_epsilon,
     dtype=jnp.dtype(model_config.compute_dtype),
+    init=model_config.init,
     rngs=rngs,
   )

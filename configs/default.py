@@ -73,9 +73,20 @@ def get_config():
   config.model.hidden = 128
   config.model.depth = 4
   config.model.bottleneck = 8
-  # Keras' BatchNormalization defaults, as the baseline trained with.
+  # Keras' BatchNormalization defaults, as the baseline trained with. Flax
+  # keeps `momentum` of the running average where PyTorch's momentum m is
+  # the weight of the new batch: Flax 1 - m. PyTorch's defaults (AE-ASD):
+  # momentum 0.1 -> bn_momentum 0.9, eps 1e-5.
   config.model.bn_momentum = 0.99
   config.model.bn_epsilon = 1e-3
+  # Dense initialisation: "keras" (glorot-uniform kernels, zero biases) as
+  # the baseline; "torch" (torch.nn.Linear: kernel and bias
+  # U(-1/sqrt(fan_in), 1/sqrt(fan_in))) as AE-ASD.
+  config.model.init = "keras"
+  # VAE and VIDNN: "reparameterised" (linear mean and log-variance heads,
+  # sampled z) or "aeasd" (AE-ASD's three Dense-BN-ReLU heads and no noise;
+  # use kl_reduction "sum" as AE-ASD). AE and IDNN ignore it.
+  config.model.vae = "reparameterised"
   # "bfloat16": hidden matmuls in bfloat16, parameters, BatchNorm statistics,
   # the output layer and the loss in float32. See benchmarks/NOTES.md for its
   # measured quality before using it. "float64": everything in float64, for

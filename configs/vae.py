@@ -1,4 +1,4 @@
-"""AE-ASD's VAE: encoder, mean and log-variance heads, AE decoder; MSE + KL.
+"""The VAE: encoder, mean and log-variance heads, the AE decoder; MSE + KL.
 
 Follows the DCASE 2020 baseline recipe (configs/default.py): Adam 1e-3,
 100 epochs, batch 512 vectors, validation split 0.1, one model per type.
