@@ -9,6 +9,7 @@ import numbers
 import jax
 
 from aeasd_jax import features
+from aeasd_jax import fused
 from aeasd_jax import models
 from aeasd_jax import scoring
 from aeasd_jax.errors import AeasdError
@@ -113,6 +114,8 @@ def check_config(config):
   )
   _choice(config, "data.group_by", {"type", "type_id"})
   _choice(config, "train.select_by", {"val_loss", "dev_auc"})
+  _choice(config, "train.kernels", set(fused.KERNELS))
+  fused.resolve_kernels(config)
   _choice(config, "score.pooling", set(scoring.POOLINGS))
   _require(
     config.model.frames % 2 == 1

@@ -15,6 +15,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from aeasd_jax import fused
 from aeasd_jax import models
 from aeasd_jax import scoring
 from aeasd_jax import window_data
@@ -37,6 +38,9 @@ class Setup:
   val_chunk: int  # Validation windows per model per step.
   mesh: jax.sharding.Mesh
   loss_dtype: Any  # float32; float64 when the model computes in float64.
+  kernels: str  # "xla" or "jax_fused" (fused.resolve_kernels).
+  learning_rate: float  # Adam's, for the fused step's flat update.
+  adam_eps: float
 
 
 def make_setup(config, group_names, mesh):
@@ -62,6 +66,9 @@ def make_setup(config, group_names, mesh):
     val_chunk=scoring.bucket(config.score.batch_windows, mesh.devices.size),
     mesh=mesh,
     loss_dtype=models.wide_dtype(config.model.compute_dtype),
+    kernels=fused.resolve_kernels(config),
+    learning_rate=config.train.learning_rate,
+    adam_eps=config.train.adam_eps,
   )
 
 

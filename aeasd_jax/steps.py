@@ -13,6 +13,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from aeasd_jax import fused
 from aeasd_jax import scoring
 from aeasd_jax import window_data
 
@@ -103,8 +104,15 @@ def train_pass(setup, state, totals, windows, part):
     window = window_data.gather_windows(
       windows.frames, batch_starts, setup.frames_per_window
     )
+    keys = fold(step_keys, step)
+    if setup.kernels == "jax_fused":
+      # Masks inactive models inside its flat Adam update.
+      new = jax.vmap(functools.partial(fused.train_step, setup))(
+        params, batch_stats, opt_state, window, keys, step_active
+      )
+      return new[:3], new[3]
     new = jax.vmap(functools.partial(train_step, setup))(
-      params, batch_stats, opt_state, window, fold(step_keys, step)
+      params, batch_stats, opt_state, window, keys
     )
     new_carry, metrics = new[:3], new[3]
     return per_model_where(step_active, new_carry, carry), metrics

@@ -215,11 +215,16 @@ def _train_and_evaluate(config, workdir, resuming):
   # contradict the new ones.
   metric_log.drop_epochs_after(workdir, last_saved)
   writer = metric_log.MetricWriter(workdir, config.train.tensorboard)
+  writer.write(
+    {"kernels": setup.kernels, "kernels_requested": config.train.kernels}
+  )
   log.info(
-    "training %d model(s) (%s) on %d device(s): %s",
+    "training %d model(s) (%s) on %d device(s), %s kernels (asked: %s): %s",
     len(setup.model_names),
     config.model.name,
     trainer.mesh.devices.size,
+    setup.kernels,
+    config.train.kernels,
     ", ".join(setup.model_names),
   )
   score_dev_auc = functools.partial(

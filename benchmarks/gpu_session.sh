@@ -12,6 +12,8 @@
 #           `git archive OLD aeasd_jax benchmarks configs | tar -x -C .ab`
 #   final   time to first result again, bfloat16 at full size, features on
 #           more clips
+#   fused   config.train.kernels xla against jax_fused (aeasd_jax/fused.py),
+#           same call: samples/s, compile time, loop-body HLO dumped
 # soundfile, ml-collections and librosa (feature_speed's baseline) were not on
 # the GPU image; their wheels in .whl/ are installed first. They were fetched
 # with `pip download --no-deps --only-binary=:all: --python-version 3.12
@@ -96,6 +98,17 @@ jax.devices())"
         --out="$RESULTS/gpu_bf16.json"
       step features 110 python3 benchmarks/feature_speed.py \
         --clips_per_id=60 --repeats=3 --out="$RESULTS/gpu_features.json"
+      ;;
+    fused)
+      # Both paths in one process on the same card; the optimised HLO of
+      # each (the loop body's fusions are its kernels) lands in hlo/.
+      step fused_512 200 python3 benchmarks/train_speed.py \
+        --clips_per_group=2000 --repeats=5 --kernels=xla,jax_fused \
+        --settings=AE:512:1x1,AE:512:6x1,IDNN:512:6x1 --dump_hlo="$RESULTS/hlo" \
+        --out="$RESULTS/gpu_fused_512.json"
+      step fused_39552 200 python3 benchmarks/train_speed.py \
+        --clips_per_group=2000 --repeats=3 --kernels=xla,jax_fused \
+        --settings=AE:39552:6x1 --out="$RESULTS/gpu_fused_39552.json"
       ;;
     *) echo "unknown part $part"; exit 2 ;;
   esac

@@ -1,12 +1,15 @@
 """Training speed of the compiled epoch, in model-samples/s, per setting.
 
 Usage: python benchmarks/train_speed.py [--quick] [--peer] [--out=results.json]
+  [--kernels=xla,jax_fused]
 """
 
 import argparse
 import dataclasses
+import collections
 import math
 import pathlib
+import re
 import statistics
 import sys
 import time
@@ -112,11 +115,64 @@ def _peak_device_bytes():
   return None if stats is None else stats.get("peak_bytes_in_use")
 
 
+# Optimised-HLO instructions that launch no kernel of their own.
+_NOT_KERNELS = {
+  "parameter",
+  "constant",
+  "get-tuple-element",
+  "tuple",
+  "bitcast",
+  "copy-start",
+  "copy-done",
+}
+
+
+def loop_body_counts(hlo_text):
+  """Ops of the training scan's loop body in an optimised HLO module.
+
+  The body of the while loop with the most instructions (the training scan;
+  validation's is smaller): its top-level ops by opcode, and "kernels", the
+  ops that launch work (fusions, dots, custom calls, reduces, ...).
+  """
+  computations, name = {}, None
+  for line in hlo_text.splitlines():
+    head = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+    if head:
+      name = head.group(1)
+      computations[name] = []
+    elif line.startswith("}"):
+      name = None
+    elif name and " = " in line:
+      opcode = re.search(r"= \S+ ([\w\-]+)\(", line)
+      if opcode:
+        computations[name].append(opcode.group(1))
+  bodies = re.findall(r"body=%?([\w.\-]+)", hlo_text)
+  if not bodies:
+    return {}
+  body = max(bodies, key=lambda b: len(computations.get(b, ())))
+  ops = collections.Counter(computations.get(body, ()))
+  return {
+    "kernels": sum(n for op, n in ops.items() if op not in _NOT_KERNELS),
+    "fusion": ops["fusion"],
+    "dot": ops["dot"],
+    "custom-call": ops["custom-call"],
+    "reduce": ops["reduce"],
+    "all": dict(ops),
+  }
+
+
 def time_setting(
-  setting, host_windows, clips_per_group, repeats, compute_dtype, dump_hlo=None
+  setting,
+  host_windows,
+  clips_per_group,
+  repeats,
+  compute_dtype,
+  dump_hlo=None,
+  kernels="auto",
 ):
   """Compiles and times one setting's epoch; returns its JSON record."""
   config = common.CONFIGS[setting.model].get_config()
+  config.train.kernels = kernels
   config.train.batch_size = setting.batch_size
   config.train.num_seeds = setting.seeds
   config.model.compute_dtype = compute_dtype
@@ -131,7 +187,7 @@ def time_setting(
   if dump_hlo:
     path = pathlib.Path(dump_hlo) / (
       f"{setting.model}_{setting.batch_size}_{setting.groups}x"
-      f"{setting.seeds}_{compute_dtype}.hlo.txt"
+      f"{setting.seeds}_{compute_dtype}_{kernels}.hlo.txt"
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(program.as_text())
@@ -157,6 +213,8 @@ def time_setting(
     "models": setting.num_models,
     "clips_per_group": clips_per_group,
     "compute_dtype": compute_dtype,
+    "kernels": trainer.setup.kernels,
+    "loop_body": loop_body_counts(program.as_text() or ""),
     "val_windows_per_group": val_windows,
     "steps_per_epoch": int(steps.max()),
     "samples_per_epoch": samples,
@@ -295,6 +353,13 @@ def parse_args(argv):
     help="config.model.compute_dtype for every setting",
   )
   parser.add_argument(
+    "--kernels",
+    type=lambda text: text.split(","),
+    default=["auto"],
+    help="comma-separated config.train.kernels values, each setting timed"
+    " with each, e.g. xla,jax_fused",
+  )
+  parser.add_argument(
     "--dump_hlo", help="write each setting's optimised epoch HLO here"
   )
   parser.add_argument(
@@ -336,27 +401,40 @@ def main(argv=None):
       ],
       *(x[: setting.groups] for x in host[1:]),
     )
-    record = time_setting(
-      setting, host, clips, repeats, args.compute_dtype, args.dump_hlo
-    )
-    if peer_torch is not None and setting.model == "AE":
-      rates = peer_rates(
-        peer_torch, record, args.peer_steps, repeats, peer_cache
+    for kernels in args.kernels:
+      record = time_setting(
+        setting,
+        host,
+        clips,
+        repeats,
+        args.compute_dtype,
+        args.dump_hlo,
+        kernels,
       )
-      record["peer_samples_per_s"] = rates
-      record["ours_over_peer"] = {
-        mode: record["samples_per_s"] / rate for mode, rate in rates.items()
-      }
-    results["records"].append(record)
-    print(
-      f"{setting.model} batch {setting.batch_size}"
-      f" {setting.groups}x{setting.seeds}:"
-      f" {record['samples_per_s'] / 1e6:.4f} M samples/s",
-      flush=True,
-    )
+      _add_record(
+        results, record, peer_torch, args.peer_steps, repeats, peer_cache
+      )
   print_table(results["records"])
   if args.out:
     common.write_json(args.out, results)
+
+
+def _add_record(results, record, peer_torch, peer_steps, repeats, peer_cache):
+  """Adds the peer's rates where asked; keeps and prints one record."""
+  if peer_torch is not None and record["model"] == "AE":
+    rates = peer_rates(peer_torch, record, peer_steps, repeats, peer_cache)
+    record["peer_samples_per_s"] = rates
+    record["ours_over_peer"] = {
+      mode: record["samples_per_s"] / rate for mode, rate in rates.items()
+    }
+  results["records"].append(record)
+  print(
+    f"{record['model']} batch {record['batch_size']}"
+    f" {record['groups']}x{record['seeds']} {record['kernels']}:"
+    f" {record['samples_per_s'] / 1e6:.4f} M samples/s,"
+    f" {record['loop_body'].get('kernels')} ops in the loop body",
+    flush=True,
+  )
 
 
 if __name__ == "__main__":

@@ -109,6 +109,11 @@ def get_config():
   config.train.keep_checkpoints = 3
   config.train.log_every = 1  # Epochs between progress lines.
   config.train.tensorboard = False  # Needs the [tensorboard] extra.
+  # The training step's kernels: "xla" (autodiff, XLA's fusions), "jax_fused"
+  # (AE and IDNN: a custom-VJP Dense+BatchNorm+ReLU and a flat, masked Adam;
+  # aeasd_jax/fused.py) or "auto", which picks "xla" until a faster path is
+  # measured (benchmarks/RESULTS.md).
+  config.train.kernels = "auto"
 
   config.score = ml_collections.ConfigDict()
   config.score.pooling = "mean"  # "mean", "max" or "gwrp" (AE-ASD's option).

@@ -1,0 +1,204 @@
+"""The fused training step (stage M1 of benchmarks/NOTES.md), in pure JAX.
+
+Dense -> BatchNorm -> ReLU as one custom_vjp with a single statistics
+reduction and a hand-written backward, and Adam over one flat buffer per
+model with the inactive-model mask folded in; config.train.kernels picks it.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.flatten_util import ravel_pytree
+
+from aeasd_jax import models
+from aeasd_jax import window_data
+from aeasd_jax.errors import AeasdError
+
+# config.train.kernels: "auto" picks per platform (room for "pallas", stage
+# M2); nothing is measured faster than XLA yet, so it picks "xla" everywhere.
+KERNELS = ("auto", "xla", "jax_fused")
+# The models whose network the fused step knows: the plain autoencoder.
+FUSED_MODELS = ("AE", "IDNN")
+# optax.adam's defaults, which state.make_setup trains with.
+_B1, _B2 = 0.9, 0.999
+
+
+def resolve_kernels(config):
+  """The path config.train.kernels asks for: "xla" or "jax_fused"."""
+  kernels = config.train.kernels
+  if kernels == "auto":
+    return "xla"
+  if kernels == "jax_fused" and config.model.name not in FUSED_MODELS:
+    raise AeasdError(
+      f"config.train.kernels='jax_fused' trains {', '.join(FUSED_MODELS)}"
+      f" only, not config.model.name={config.model.name!r}; use 'xla' or"
+      " 'auto'"
+    )
+  return kernels
+
+
+def _sums(a, b):
+  """(sum(a, 0), sum(b, 0)) as one variadic reduction: one pass, one kernel."""
+  zero = jnp.zeros((), a.dtype)
+  return jax.lax.reduce(
+    (a, b), (zero, zero), lambda x, y: (x[0] + y[0], x[1] + y[1]), (0,)
+  )
+
+
+def _dense(x, kernel, bias, dtype):
+  """nnx.Linear's forward: everything cast to the compute dtype first."""
+  return x.astype(dtype) @ kernel.astype(dtype) + bias.astype(dtype)
+
+
+def _block_forward(epsilon, dtype, x, kernel, bias, scale, offset):
+  z = _dense(x, kernel, bias, dtype).astype(scale.dtype)
+  n = z.shape[0]
+  # Shifted data (Chan, Golub and LeVeque 1983): the sums of d = z - z[0]
+  # and d**2 in one pass. The variance s2/n - (s1/n)**2 then loses only
+  # about log10(1 + (z[0] - mean)**2 / var) digits, a row being within a
+  # few standard deviations of the mean, where E[z**2] - E[z]**2 on raw dB
+  # activations loses log10(1 + mean**2 / var) digits, several at the first
+  # layer. The running mean as shift is 0 for the first hundreds of steps.
+  d = z - z[:1]
+  s1, s2 = _sums(d, d * d)
+  shifted_mean = s1 / n
+  mean = z[0] + shifted_mean
+  # Biased, as nnx.BatchNorm normalises with and stores.
+  var = jnp.maximum(s2 / n - shifted_mean * shifted_mean, 0)
+  rstd = jax.lax.rsqrt(var + epsilon)
+  x_hat = (z - mean) * rstd
+  y = jnp.maximum(x_hat * scale + offset, 0)
+  return (y, mean, var), (x, kernel, scale, x_hat, rstd, y)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def dense_bn_relu(epsilon, dtype, x, kernel, bias, scale, offset):
+  """relu(batch_norm(x @ kernel + bias)) in training mode.
+
+  Args:
+    epsilon: BatchNorm's epsilon.
+    dtype: the Dense layer's compute dtype; BatchNorm computes in the dtype
+      of `scale` (float32, or float64).
+    x: [batch, in] inputs.
+    kernel, bias: the Dense parameters.
+    scale, offset: BatchNorm's scale and bias.
+
+  Returns:
+    (y, mean, var): the activation and the batch's per-feature mean and
+    biased variance, for the running statistics (not differentiated).
+  """
+  return _block_forward(epsilon, dtype, x, kernel, bias, scale, offset)[0]
+
+
+def _block_backward(epsilon, dtype, residuals, cotangents):
+  """The cotangents of x and the parameters from the activation's cotangent.
+
+  With a = x_hat * scale + offset and y = relu(a): g_a = g_y where a > 0;
+  d offset = sum(g_a) and d scale = sum(g_a * x_hat), one reduction; then
+  dz = scale * rstd / n * (n * g_a - d offset - x_hat * d scale), and the
+  Dense's cotangents from dz as for any matmul.
+  """
+  del epsilon
+  x, kernel, scale, x_hat, rstd, y = residuals
+  g_y = cotangents[0]  # The statistics only feed the running averages.
+  g_a = jnp.where(y > 0, g_y, 0)
+  d_offset, d_scale = _sums(g_a, g_a * x_hat)
+  n = x_hat.shape[0]
+  dz = (scale * rstd / n) * (n * g_a - d_offset - x_hat * d_scale)
+  dz = dz.astype(dtype)
+  x_c = x.astype(dtype)
+  d_kernel = (x_c.T @ dz).astype(kernel.dtype)
+  d_bias = jnp.sum(dz, 0).astype(kernel.dtype)
+  d_x = (dz @ kernel.astype(dtype).T).astype(x.dtype)
+  return d_x, d_kernel, d_bias, d_scale, d_offset
+
+
+dense_bn_relu.defvjp(_block_forward, _block_backward)
+
+
+def block_train(block, x):
+  """A models.DenseBlock in training mode; updates its running statistics."""
+  norm = block.norm
+  y, mean, var = dense_bn_relu(
+    norm.epsilon,
+    block.dense.dtype,
+    x,
+    block.dense.kernel[...],
+    block.dense.bias[...],
+    norm.scale[...],
+    norm.bias[...],
+  )
+  momentum = norm.momentum
+  norm.mean[...] = momentum * norm.mean[...] + (1 - momentum) * mean
+  norm.var[...] = momentum * norm.var[...] + (1 - momentum) * var
+  return y
+
+
+def loss(setup, params, batch_stats, window):
+  """steps.loss for the autoencoder, its blocks through dense_bn_relu."""
+  x, y = window_data.split_window(window, setup.interpolate)
+  model = nnx.merge(setup.graphdef, params, batch_stats)
+  if type(model) is not models.Autoencoder:  # pylint: disable=unidiomatic-typecheck
+    raise AeasdError(
+      f"config.train.kernels='jax_fused' trains {', '.join(FUSED_MODELS)}"
+      f" only, not a {type(model).__name__}"
+    )
+  for block in (*model.encoder, *model.decoder):
+    x = block_train(block, x)
+  mse = jnp.mean((model.output(x) - y) ** 2)
+  return mse, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+
+
+def adam(learning_rate, eps, params, grads, opt_state, active):
+  """optax.adam(learning_rate, eps=eps)'s step on one flat buffer.
+
+  The same arithmetic as optax in the same order, on the raveled parameters,
+  so each step is a few elementwise kernels instead of a few per leaf; an
+  inactive model (`active` False) keeps its parameters and moments.
+  """
+  moments, *rest = opt_state
+  flat_params, unravel = ravel_pytree(params)
+  g = ravel_pytree(grads)[0]
+  mu = (1 - _B1) * g + _B1 * ravel_pytree(moments.mu)[0]
+  nu = (1 - _B2) * g**2 + _B2 * ravel_pytree(moments.nu)[0]
+  count = moments.count
+  count_inc = jnp.where(
+    count < jnp.iinfo(count.dtype).max, count + 1, count
+  )  # optax's safe_increment.
+  mu_hat = mu / (1 - _B1**count_inc).astype(mu.dtype)
+  nu_hat = nu / (1 - _B2**count_inc).astype(nu.dtype)
+  update = -learning_rate * (mu_hat / (jnp.sqrt(nu_hat) + eps))
+  new_params = (flat_params + update).astype(flat_params.dtype)
+  keep = functools.partial(jnp.where, active)
+  moments = moments._replace(
+    count=keep(count_inc, count),
+    mu=unravel(keep(mu, ravel_pytree(moments.mu)[0])),
+    nu=unravel(keep(nu, ravel_pytree(moments.nu)[0])),
+  )
+  return unravel(keep(new_params, flat_params)), (moments, *rest)
+
+
+def train_step(setup, params, batch_stats, opt_state, window, key, active=True):
+  """steps.train_step on the fused path; `active` False makes it a no-op.
+
+  The no-op is folded into the Adam update and the running statistics, so
+  train_pass needs no separate masking pass over the state.
+  """
+  del key  # The autoencoder is deterministic.
+  (value, new_stats), grads = jax.value_and_grad(loss, 1, has_aux=True)(
+    setup, params, batch_stats, window
+  )
+  params, opt_state = adam(
+    setup.learning_rate, setup.adam_eps, params, grads, opt_state, active
+  )
+  batch_stats = jax.tree.map(
+    functools.partial(jnp.where, active), new_stats, batch_stats
+  )
+  return (
+    params,
+    batch_stats,
+    opt_state,
+    {"loss": value, "finite": jnp.isfinite(value)},
+  )
