@@ -134,8 +134,9 @@ def _wait(process):
 def runs(tmp_path_factory, tiny_root, session_cache_dir):
   """The same tiny training on 1 device, 8 devices, and 2 processes x 4.
 
-  And, to show the comparison can fail, 1 device with BatchNorm on per-device
-  statistics.
+  Also the fused step (config.train.kernels="jax_fused") on 8 devices, whose
+  batch statistics must be global sums too; and, to show the comparison can
+  fail, 1 device with BatchNorm on per-device statistics.
   """
   config = helpers.tiny_config(tiny_root, session_cache_dir)
   config.train.num_seeds = 2
@@ -147,6 +148,9 @@ def runs(tmp_path_factory, tiny_root, session_cache_dir):
   base = tmp_path_factory.mktemp("devices")
   config_file = base / "config.json"
   config_file.write_text(config.to_json())
+  config.train.kernels = "jax_fused"
+  fused_config_file = base / "fused_config.json"
+  fused_config_file.write_text(config.to_json())
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     coordinator = f"127.0.0.1:{s.getsockname()[1]}"
@@ -154,6 +158,7 @@ def runs(tmp_path_factory, tiny_root, session_cache_dir):
     "one": [_start(config_file, base / "one", 1)],
     "ghost": [_start(config_file, base / "ghost", 1, mutation="ghost")],
     "eight": [_start(config_file, base / "eight", 8)],
+    "fused_eight": [_start(fused_config_file, base / "fused_eight", 8)],
     "pair": [
       _start(config_file, base / "pair", 4, coordinator, 2, i) for i in range(2)
     ],
@@ -178,6 +183,13 @@ def test_two_processes_of_four_devices_equal_one_process_of_eight(
   runs, assert_same_training
 ):
   assert_same_training(runs["eight"], runs["pair"])
+
+
+@pytest.mark.numerics
+def test_the_fused_step_on_eight_devices_equals_xla_on_one(
+  runs, assert_same_training
+):
+  assert_same_training(runs["one"], runs["fused_eight"])
 
 
 @pytest.mark.numerics
