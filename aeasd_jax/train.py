@@ -292,9 +292,9 @@ def _train_and_evaluate(config, workdir, resuming):
       f"stopped after epoch {epoch} as asked (Ctrl-C);"
       " rerun the same command to resume from it"
     )
-  _warn_unselected(config, setup, groups, trainer_lib.local_copy(state.best))
+  best = trainer_lib.local_copy(state.best)
+  _warn_unselected(config, setup, groups, best)
   with timer.phase("thresholds"):
-    best = trainer_lib.local_copy(state.best)
     group_scoring.fit_thresholds(
       config,
       workdir,

@@ -52,7 +52,9 @@ def test_loss_falls_and_checkpoints_are_written(tiny_config, tmp_path):
   assert steps == [3, 4]
 
 
-def test_resumed_run_equals_uninterrupted_run(tiny_config, tmp_path):
+@pytest.mark.parametrize("kernels", ["xla", "jax_fused"])
+def test_resumed_run_equals_uninterrupted_run(tiny_config, tmp_path, kernels):
+  tiny_config.train.kernels = kernels
   tiny_config.train.epochs = 3
   train.train_and_evaluate(tiny_config, tmp_path / "straight")
   tiny_config.train.epochs = 1
