@@ -1,8 +1,9 @@
 """The synthetic machines: a fan, a valve and a slider, normal or anomalous.
 
-Each design is a function (rng, samples, sample_rate, machine_id, anomaly)
--> a unit-RMS signal; synth.py mixes it with background noise and writes the
-clips in the DCASE layout.
+Each design is a function (rng, samples, sample_rate, machine_id, anomaly,
+speed=1.0) -> a unit-RMS signal; synth.py mixes it with background noise and
+writes the clips in the DCASE layouts. `speed` is how fast the machine runs
+relative to its design, the attribute a DCASE 2022+ target domain shifts.
 """
 
 import numpy as np
@@ -70,7 +71,7 @@ def _partials(phase, orders, amplitudes, rng):
 _BLADES = 6
 
 
-def _fan(rng, n, sample_rate, machine_id, anomaly):
+def _fan(rng, n, sample_rate, machine_id, anomaly, speed=1.0):
   """Blade-pass hum with harmonics over pink aerodynamic noise.
 
   Anomalies are all off the normal manifold of a log-mel autoencoder: tones
@@ -79,9 +80,11 @@ def _fan(rng, n, sample_rate, machine_id, anomaly):
   modulates the hum once per revolution, with sidebands between the
   harmonics, and rocks the housing, so that the level swells from frame to
   frame.
+
+  `speed` scales the rotor speed and with it the blade-pass frequency.
   """
   t = np.arange(n) / sample_rate
-  f0 = 140.0 * 1.12**machine_id * rng.uniform(0.998, 1.002)
+  f0 = 140.0 * 1.12**machine_id * speed * rng.uniform(0.998, 1.002)
   drift = 1.0 + 0.002 * np.sin(
     2.0 * np.pi * rng.uniform(0.1, 0.5) * t + rng.uniform(0.0, 2.0 * np.pi)
   )
@@ -123,7 +126,7 @@ def _click(sample_rate, machine_id, rng):
   return ringing + attack
 
 
-def _valve(rng, n, sample_rate, machine_id, anomaly):
+def _valve(rng, n, sample_rate, machine_id, anomaly, speed=1.0):
   """A solenoid valve clicking at an id-specific period over a faint hiss.
 
   Both anomalies move clicks but keep their number and shape, so the
@@ -142,8 +145,11 @@ def _valve(rng, n, sample_rate, machine_id, anomaly):
   centre, has to learn that rule, and stretched intervals (a quiet centre
   between quiet neighbours) and squeezed ones or double clicks (a click next
   to a click) break it.
+
+  `speed` divides the period; keep the period within 130-170 ms for the
+  reason above.
   """
-  period = (0.130 + 0.010 * machine_id) * rng.uniform(0.99, 1.01)
+  period = (0.130 + 0.010 * machine_id) / speed * rng.uniform(0.99, 1.01)
   count = int(n / sample_rate / period) + 3
   grid = (rng.uniform(-1.0, 0.0) + np.arange(count)) * period
   if anomaly == 'jitter':
@@ -168,19 +174,22 @@ def _valve(rng, n, sample_rate, machine_id, anomaly):
   return (clicks + hiss * _rms(clicks)) / _rms(clicks)
 
 
-def _slider(rng, n, sample_rate, machine_id, anomaly):
+def _slider(rng, n, sample_rate, machine_id, anomaly, speed=1.0):
   """A carriage sliding to and fro, with a thump at each end stop.
 
   Friction noise has a band that follows the position and a motor whine has
-  a pitch that follows the speed.
+  a pitch that follows the carriage's velocity.
 
   'short_stroke' halts every stroke early with a knock, as if the rail were
   blocked; 'scrape' adds harsh 3-6 kHz noise with a rough envelope while the
   carriage moves.
+
+  `speed` divides the stroke period; the carriage covers the same rail in
+  less time, so the whine rises with it.
   """
   hop = 128
   size = 512
-  period = 0.40 + 0.05 * machine_id
+  period = (0.40 + 0.05 * machine_id) / speed
   stroke = 0.65 * period
   frames = n // hop + size // hop
   # Friction noise is synthesised on a grain grid, the whine per sample.
@@ -197,29 +206,29 @@ def _slider(rng, n, sample_rate, machine_id, anomaly):
     reach = 0.5 - 0.5 * np.cos(np.pi * stop_at)
     # Every other stroke runs back from wherever the last one stopped.
     position = np.where(cycle % 2 == 0, travelled, reach - travelled)
-    speed = np.where(moving, np.sin(np.pi * np.minimum(u, 1.0)), 0.0)
-    return position, speed
+    velocity = np.where(moving, np.sin(np.pi * np.minimum(u, 1.0)), 0.0)
+    return position, velocity
 
-  position, speed = motion(for_grains)
+  position, velocity = motion(for_grains)
   freqs = np.fft.rfftfreq(size, 1.0 / sample_rate)
   low = 400.0 * 1.1**machine_id
   centre = low * 4.0**position
   band = np.exp(
     -0.5 * (np.log(np.maximum(freqs, 1.0)[:, None] / centre) / 0.25) ** 2
   )
-  magnitude = speed * band
+  magnitude = velocity * band
   if anomaly == 'scrape':
     harsh = (freqs[:, None] > 3000.0) & (freqs[:, None] < 6000.0)
     roughness = rng.gamma(0.5, 2.0, frames)
-    magnitude = magnitude + 0.4 * harsh * speed * roughness
+    magnitude = magnitude + 0.4 * harsh * velocity * roughness
   friction = _shaped_noise(rng, magnitude, hop)[size // 2 : size // 2 + n]
 
-  _, speed = motion(t)
-  pitch = 600.0 * 1.1**machine_id * (0.5 + 0.5 * speed)
-  whine = speed * np.sin(2.0 * np.pi * np.cumsum(pitch) / sample_rate)
+  _, velocity = motion(t)
+  pitch = 600.0 * 1.1**machine_id * speed * (0.5 + 0.5 * velocity)
+  whine = velocity * np.sin(2.0 * np.pi * np.cumsum(pitch) / sample_rate)
 
-  # A thump wherever a stroke ends, i.e. where the speed drops to zero.
-  ends = np.flatnonzero((speed[:-1] > 0.0) & (speed[1:] == 0.0)) + 1
+  # A thump wherever a stroke ends, i.e. where the carriage comes to rest.
+  ends = np.flatnonzero((velocity[:-1] > 0.0) & (velocity[1:] == 0.0)) + 1
   pulses = np.zeros(n)
   pulses[ends] = 1.0
   k = np.arange(int(0.06 * sample_rate)) / sample_rate

@@ -1,6 +1,24 @@
-"""Deterministic synthetic machine sounds in the DCASE 2020 Task 2 layout.
+"""Deterministic synthetic machine sounds in the DCASE Task 2 layouts.
 
-Run as `python -m aeasd_jax.synth --out=DIR` to get a small data set for tests.
+Run as `python -m aeasd_jax.synth --out=DIR [--year=2023]` to get a small data
+set for tests. The 2020 layout (the default) names clips by machine id:
+
+  dev_data/<type>/{train,test}/, eval_data/<type>/{train,test}/
+  eval_data_list.csv: each blind eval test name, its original name, label
+
+The 2023 layout is that of DCASE 2022 on: one section per type, whose clips
+come from a source and a target domain that differ in one attribute, named in
+the files, and a blind eval test set:
+
+  dev_data/raw/<type>/{train,test}/, dev_data/raw/<type>/attributes_00.csv
+  eval_data/raw/<type>/{train,test}/, eval_data/raw/<type>/attributes_01.csv
+  ground_truth/ground_truth_{data,domain,attributes}/
+    ground_truth_<type>_section_01_test.csv
+
+Its ground truth takes the place of eval_data_list.csv, in the folders and
+format of the official evaluator, nttcslab/dcase2023_task2_evaluator: rows
+`section_01_0000.wav,<0 normal|1 anomaly>`, `...,<0 source|1 target>` and
+`...,<full name without .wav>`, no header.
 """
 
 import errno
@@ -43,6 +61,27 @@ _MIN_SECONDS = 0.5
 # A random stream's key after the machine id: a clip's split, or the shuffle
 # of the eval test files.
 _TRAIN, _TEST, _SHUFFLE = range(3)
+_SPLITS = ('train', 'test')
+_LABELS = ('normal', 'anomaly')
+
+# The 2023 layout has one machine per type and set; the eval machines are
+# other ones than the dev machines, as DCASE's eval types are. DCASE 2023 on
+# tells them apart by type; with the same types here, the eval machine has a
+# section of its own, as in DCASE 2022 (dev sections 00-02, eval 03-05).
+DEV_ID_2023 = DEV_IDS[0]
+EVAL_ID_2023 = EVAL_IDS[0]
+SECTIONS = {'dev_data': 'section_00', 'eval_data': 'section_01'}
+DOMAINS = ('source', 'target')
+# Per type, the attribute that the target domain shifts: its key in the file
+# names and its source and target values. The machine runs at value / source
+# value times its design speed: a target fan hums a third higher, a target
+# valve's clicks come 20% further apart and a target slider strokes a quarter
+# faster, so that a model trained mostly on source clips meets a domain shift.
+DOMAIN_SHIFTS = {
+  'fan': ('vel', 6, 8),
+  'valve': ('rate', 6, 5),
+  'slider': ('spd', 4, 5),
+}
 
 
 class OutDirExistsError(AeasdError, FileExistsError):
@@ -62,13 +101,28 @@ def _stream(seed, machine_type, machine_id, *key):
   )
 
 
-def _clip(seed, machine_type, machine_id, split, label, index, n, sample_rate):
-  """The int16 samples of one clip; the arguments are its whole identity."""
-  rng = _stream(seed, machine_type, machine_id, split, label, index)
+def _speed(machine_type, domain):
+  """How fast a machine runs in `domain` (None: the 2020 layout's machines)."""
+  if domain is None:
+    return 1.0
+  _, *values = DOMAIN_SHIFTS[machine_type]
+  return values[domain] / values[0]
+
+
+def _clip(
+  seed, machine_type, machine_id, split, label, index, n, sample_rate, domain
+):
+  """The int16 samples of one clip; the arguments are its whole identity.
+
+  `domain` indexes DOMAINS, or is None in the 2020 layout, which has none and
+  whose clips keep the random streams they always had.
+  """
+  key = (split, label, index) + (() if domain is None else (domain,))
+  rng = _stream(seed, machine_type, machine_id, *key)
   kinds = machine_sounds.ANOMALIES[machine_type]
   anomaly = kinds[index % len(kinds)] if label else None
   machine = machine_sounds.MACHINES[machine_type](
-    rng, n, sample_rate, machine_id, anomaly
+    rng, n, sample_rate, machine_id, anomaly, _speed(machine_type, domain)
   )
   snr = _SNRS_DB[rng.integers(len(_SNRS_DB))]
   background = machine_sounds.coloured_noise(
@@ -84,7 +138,12 @@ def _clip(seed, machine_type, machine_id, split, label, index, n, sample_rate):
   return np.round(mix * 32767.0).astype(np.int16)
 
 
-def _check(seed, clips_per_id, seconds, sample_rate, machine_types):
+def _check(year, seed, clips_per_id, seconds, sample_rate, machine_types):
+  if year not in _LAYOUTS:
+    raise AeasdError(
+      f'year must be one of {list(_LAYOUTS)} (the DCASE layout to write), '
+      f'got {year!r}'
+    )
   if seed < 0:
     raise AeasdError(f'seed must be >= 0, got {seed}')
   if clips_per_id < 1:
@@ -106,14 +165,21 @@ def _check(seed, clips_per_id, seconds, sample_rate, machine_types):
     )
 
 
-def _write_type(root, machine_type, seed, clips_per_id, n, sample_rate):
-  """Writes one machine type and returns its eval_data_list.csv rows."""
-  tests = max(2, clips_per_id // 4)
+def _writer(seed, machine_type, n, sample_rate):
+  """A function that writes one clip of `machine_type` to a path."""
 
-  def write(path, machine_id, split, label, index):
+  def write(path, machine_id, split, label, index, domain=None):
     path.parent.mkdir(parents=True, exist_ok=True)
     samples = _clip(
-      seed, machine_type, machine_id, split, label, index, n, sample_rate
+      seed,
+      machine_type,
+      machine_id,
+      split,
+      label,
+      index,
+      n,
+      sample_rate,
+      domain,
     )
     # Encoding in memory skips the fsync that soundfile does on closing a
     # file, which would otherwise take most of the run.
@@ -122,6 +188,19 @@ def _write_type(root, machine_type, seed, clips_per_id, n, sample_rate):
       buffer, samples, sample_rate, format='WAV', subtype='PCM_16'
     )
     path.write_bytes(buffer.getvalue())
+
+  return write
+
+
+def _write_csv(path, rows):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(''.join(','.join(map(str, row)) + '\n' for row in rows))
+
+
+def _write_type(root, machine_type, seed, clips_per_id, n, sample_rate):
+  """Writes one machine type and returns its eval_data_list.csv rows."""
+  tests = max(2, clips_per_id // 4)
+  write = _writer(seed, machine_type, n, sample_rate)
 
   dev = root / 'dev_data' / machine_type
   for machine_id in DEV_IDS:
@@ -161,33 +240,138 @@ def _write_type(root, machine_type, seed, clips_per_id, n, sample_rate):
     for number, pick in enumerate(order):
       label, index = originals[pick]
       name = f'id_{machine_id:02d}_{number:08d}.wav'
-      original = (
-        f'{("normal", "anomaly")[label]}_id_{machine_id:02d}_{index:08d}.wav'
-      )
+      original = f'{_LABELS[label]}_id_{machine_id:02d}_{index:08d}.wav'
       write(ev / 'test' / name, machine_id, _TEST, label, index)
       rows.append([name, original, str(label)])
   return rows
 
 
+def _write_2020(root, machine_types, seed, clips_per_id, n, sample_rate):
+  rows = []
+  for machine_type in machine_types:
+    rows += _write_type(root, machine_type, seed, clips_per_id, n, sample_rate)
+  _write_csv(root / 'eval_data_list.csv', rows)
+
+
+def _name_2023(machine_type, section, domain, split, label, index):
+  """The file name of a labelled clip in the 2023 layout.
+
+  `domain`, `split` and `label` index DOMAINS, ('train', 'test') and
+  ('normal', 'anomaly').
+  """
+  key, *values = DOMAIN_SHIFTS[machine_type]
+  return (
+    f'{section}_{DOMAINS[domain]}_{_SPLITS[split]}_{_LABELS[label]}_'
+    f'{index:04d}_{key}_{values[domain]}.wav'
+  )
+
+
+def _write_type_2023(root, machine_type, seed, clips_per_id, n, sample_rate):
+  """Writes one machine type in the 2023 layout, eval ground truth included."""
+  write = _writer(seed, machine_type, n, sample_rate)
+  key, *values = DOMAIN_SHIFTS[machine_type]
+  # DCASE 2023 has 990 source and 10 target training clips per type, so that
+  # the target domain must be learnt from a few.
+  trains = (clips_per_id, max(2, clips_per_id // 8))
+  tests = max(2, clips_per_id // 4)
+  originals = [
+    (domain, label, index)
+    for domain in range(len(DOMAINS))
+    for label in range(len(_LABELS))
+    for index in range(tests)
+  ]
+  truth = {'data': [], 'domain': [], 'attributes': []}
+  for subset, machine_id in (
+    ('dev_data', DEV_ID_2023),
+    ('eval_data', EVAL_ID_2023),
+  ):
+    folder = root / subset / 'raw' / machine_type
+    section = SECTIONS[subset]
+    labelled = [
+      (domain, _TRAIN, 0, index)
+      for domain, count in enumerate(trains)
+      for index in range(count)
+    ]
+    if subset == 'dev_data':
+      labelled += [
+        (domain, _TEST, label, index) for domain, label, index in originals
+      ]
+    else:
+      order = _stream(seed, machine_type, machine_id, _SHUFFLE).permutation(
+        len(originals)
+      )
+      for number, pick in enumerate(order):
+        domain, label, index = originals[pick]
+        blind = f'{section}_{number:04d}.wav'
+        write(folder / 'test' / blind, machine_id, _TEST, label, index, domain)
+        original = _name_2023(
+          machine_type, section, domain, _TEST, label, index
+        )
+        truth['data'].append([blind, label])
+        truth['domain'].append([blind, domain])
+        # The evaluator adds the .wav back.
+        truth['attributes'].append([blind, original.removesuffix('.wav')])
+    # file_name is relative to the folder above the type's, as readers of
+    # the official files expect (the baselines do not read them). The blind
+    # eval test clips are left out: their attributes are the secret.
+    attributes = [['file_name', 'd1p', 'd1v']]
+    for domain, split, label, index in labelled:
+      name = _name_2023(machine_type, section, domain, split, label, index)
+      write(
+        folder / _SPLITS[split] / name, machine_id, split, label, index, domain
+      )
+      attributes.append(
+        [f'{machine_type}/{_SPLITS[split]}/{name}', key, values[domain]]
+      )
+    _write_csv(
+      folder / f'attributes_{section.removeprefix("section_")}.csv',
+      attributes,
+    )
+  for kind, rows in truth.items():
+    _write_csv(
+      root
+      / 'ground_truth'
+      / f'ground_truth_{kind}'
+      / f'ground_truth_{machine_type}_{SECTIONS["eval_data"]}_test.csv',
+      rows,
+    )
+
+
+def _write_2023(root, machine_types, seed, clips_per_id, n, sample_rate):
+  for machine_type in machine_types:
+    _write_type_2023(root, machine_type, seed, clips_per_id, n, sample_rate)
+
+
+# How generate() fills its staging folder, per year of the layout.
+_LAYOUTS = {2020: _write_2020, 2023: _write_2023}
+YEARS = tuple(_LAYOUTS)
+
+
 def generate(
   out_dir,
   *,
+  year=2020,
   seed=0,
   clips_per_id=DEFAULT_CLIPS_PER_ID,
   seconds=DEFAULT_SECONDS,
   sample_rate=DEFAULT_SAMPLE_RATE,
   machine_types=None,
 ):
-  """Writes a synthetic DCASE 2020 Task 2 data set and returns its root.
+  """Writes a synthetic DCASE Task 2 data set and returns its root.
 
-  The root gets dev_data/<type>/{train,test}, eval_data/<type>/{train,test}
-  and eval_data_list.csv. The same arguments give byte-identical files.
+  The module docstring shows the layouts. The same arguments give
+  byte-identical files.
 
   Args:
     out_dir: the root to create; it must not exist or be an empty folder.
+    year: the layout, one of YEARS: 2020 (machine ids) or 2023 (one section
+      per type, source and target domains, attributes).
     seed: any integer >= 0.
     clips_per_id: normal training clips per machine id; the test sets get
-      max(2, clips_per_id // 4) normal and as many anomalous clips per id.
+      max(2, clips_per_id // 4) normal and as many anomalous clips per id. In
+      the 2023 layout, source training clips per type and set, with
+      max(2, clips_per_id // 8) target ones; the test sets have the said
+      counts per domain.
     seconds: clip length.
     sample_rate: in Hz, at least 16000.
     machine_types: a subset of MACHINE_TYPES; None means all.
@@ -203,7 +387,7 @@ def generate(
   machine_types = tuple(
     MACHINE_TYPES if machine_types is None else machine_types
   )
-  _check(seed, clips_per_id, seconds, sample_rate, machine_types)
+  _check(year, seed, clips_per_id, seconds, sample_rate, machine_types)
   out_dir = pathlib.Path(out_dir)
   taken = OutDirExistsError(
     f'{out_dir} already exists and is not an empty folder; expected a new '
@@ -217,15 +401,8 @@ def generate(
   staging = out_dir.parent / f'.{out_dir.name}.partial-{uuid.uuid4().hex}'
   staging.mkdir()
   try:
-    rows = []
     n = int(round(seconds * sample_rate))
-    for machine_type in machine_types:
-      rows += _write_type(
-        staging, machine_type, seed, clips_per_id, n, sample_rate
-      )
-    (staging / 'eval_data_list.csv').write_text(
-      ''.join(','.join(row) + '\n' for row in rows)
-    )
+    _LAYOUTS[year](staging, machine_types, seed, clips_per_id, n, sample_rate)
     try:
       if out_dir.exists():
         out_dir.rmdir()
@@ -247,6 +424,12 @@ def _define_flags():
   flags of any program that imports generate().
   """
   flags.DEFINE_string('out', None, 'Folder to create for the data set.')
+  flags.DEFINE_integer(
+    'year',
+    2020,
+    f'DCASE layout, one of {list(YEARS)}: 2020 names clips by machine id, '
+    '2023 by section and source or target domain, with attributes.',
+  )
   flags.DEFINE_integer('seed', 0, 'Random seed; same seed, same bytes.')
   flags.DEFINE_integer(
     'clips_per_id',
@@ -268,6 +451,7 @@ def main(argv):
   try:
     root = generate(
       values.out,
+      year=values.year,
       seed=values.seed,
       clips_per_id=values.clips_per_id,
       seconds=values.seconds,
