@@ -10,7 +10,7 @@ import numpy as np
 from aeasd_jax.errors import AeasdError
 
 
-def _check_inputs(y_true, y_score, what):
+def check_inputs(y_true, y_score, what):
   """Validates labels and scores; returns 1-D bool labels and raw scores."""
   y_true = np.asarray(y_true)
   y_score = np.asarray(y_score)
@@ -60,7 +60,7 @@ def _check_inputs(y_true, y_score, what):
 
 
 def _roc_curve(y_true, y_score):
-  """The curve for inputs that `_check_inputs` has already accepted."""
+  """The curve for inputs that `check_inputs` has already accepted."""
   # A stable descending sort in scikit-learn's own way, so that tied scores of
   # opposite signed zero yield the very same threshold value.
   last = y_score.size - 1
@@ -111,7 +111,7 @@ def roc_curve(y_true, y_score):
     AeasdError: on mismatched lengths, labels outside {0, 1}, a single class,
       or NaN or Inf scores.
   """
-  return _roc_curve(*_check_inputs(y_true, y_score, 'roc_curve'))
+  return _roc_curve(*check_inputs(y_true, y_score, 'roc_curve'))
 
 
 def roc_auc_score(y_true, y_score, max_fpr=None):
@@ -143,7 +143,7 @@ def roc_auc_score(y_true, y_score, max_fpr=None):
       raise AeasdError(
         f'roc_auc_score expects max_fpr in (0, 1] or None; got {max_fpr!r}.'
       )
-  fpr, tpr, _ = _roc_curve(*_check_inputs(y_true, y_score, 'ROC AUC'))
+  fpr, tpr, _ = _roc_curve(*check_inputs(y_true, y_score, 'ROC AUC'))
   if max_fpr is None or max_fpr == 1:
     return _trapezoid(tpr, fpr)
 
