@@ -115,6 +115,7 @@ def check_config(config):
   _choice(config, "data.group_by", {"type", "type_id"})
   _choice(config, "train.select_by", {"val_loss", "dev_auc"})
   _choice(config, "train.kernels", set(fused.KERNELS))
+  _bool(config, "train.pallas_interpret")
   fused.resolve_kernels(config)
   _choice(config, "score.pooling", set(scoring.POOLINGS))
   _require(

@@ -1,8 +1,9 @@
-"""The fused training step (stage M1 of benchmarks/NOTES.md), in pure JAX.
+"""The fused training step (stages M1 and M2 of benchmarks/NOTES.md).
 
 Dense -> BatchNorm -> ReLU as one custom_vjp with a single statistics
-reduction and a hand-written backward, and Adam over one flat buffer per
-model with the inactive-model mask folded in; config.train.kernels picks it.
+reduction and a hand-written backward (M1, pure JAX; or M2, the Pallas
+kernels of fused_pallas), and Adam over one flat buffer per model with the
+inactive-model mask folded in; config.train.kernels picks the path.
 """
 
 import functools
@@ -12,13 +13,18 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.flatten_util import ravel_pytree
 
+from aeasd_jax import fused_pallas
 from aeasd_jax import models
 from aeasd_jax import window_data
 from aeasd_jax.errors import AeasdError
 
-# config.train.kernels: "auto" picks per platform (room for "pallas", stage
-# M2); nothing is measured faster than XLA yet, so it picks "xla" everywhere.
-KERNELS = ("auto", "xla", "jax_fused")
+# config.train.kernels: "auto" picks per platform; nothing is measured faster
+# than XLA yet, so it picks "xla" everywhere.
+KERNELS = ("auto", "xla", "jax_fused", "pallas")
+# What resolve_kernels gives for a fused step: "pallas_interpret" is "pallas"
+# run in Pallas' interpret mode (config.train.pallas_interpret).
+PALLAS_PATHS = ("pallas", "pallas_interpret")
+FUSED_PATHS = ("jax_fused",) + PALLAS_PATHS
 # The models whose network the fused step knows: the plain autoencoder.
 FUSED_MODELS = ("AE", "IDNN")
 # optax.adam's defaults, which state.make_setup trains with.
@@ -26,16 +32,18 @@ _B1, _B2 = 0.9, 0.999
 
 
 def resolve_kernels(config):
-  """The path config.train.kernels asks for: "xla" or "jax_fused"."""
+  """The path config.train.kernels asks for: "xla" or one of FUSED_PATHS."""
   kernels = config.train.kernels
   if kernels == "auto":
     return "xla"
-  if kernels == "jax_fused" and config.model.name not in FUSED_MODELS:
+  if kernels != "xla" and config.model.name not in FUSED_MODELS:
     raise AeasdError(
-      f"config.train.kernels='jax_fused' trains {', '.join(FUSED_MODELS)}"
+      f"config.train.kernels={kernels!r} trains {', '.join(FUSED_MODELS)}"
       f" only, not config.model.name={config.model.name!r}; use 'xla' or"
       " 'auto'"
     )
+  if kernels == "pallas":
+    return fused_pallas.resolve(config)
   return kernels
 
 
@@ -118,12 +126,21 @@ def _block_backward(epsilon, dtype, residuals, cotangents):
 dense_bn_relu.defvjp(_block_forward, _block_backward)
 
 
-def block_train(block, x):
-  """A models.DenseBlock in training mode; updates its running statistics."""
+def block_train(block, x, kernels="jax_fused"):
+  """A models.DenseBlock in training mode; updates its running statistics.
+
+  `kernels` in PALLAS_PATHS picks dense_bn_relu's Pallas twin; anything
+  else dense_bn_relu.
+  """
   norm = block.norm
-  y, mean, var = dense_bn_relu(
-    norm.epsilon,
-    block.dense.dtype,
+  options = (norm.epsilon, block.dense.dtype)
+  if kernels in PALLAS_PATHS:
+    block_fn = fused_pallas.dense_bn_relu
+    options += (kernels == "pallas_interpret",)
+  else:
+    block_fn = dense_bn_relu
+  y, mean, var = block_fn(
+    *options,
     x,
     block.dense.kernel[...],
     block.dense.bias[...],
@@ -137,16 +154,16 @@ def block_train(block, x):
 
 
 def loss(setup, params, batch_stats, window):
-  """steps.loss for the autoencoder, its blocks through dense_bn_relu."""
+  """steps.loss for the autoencoder, its blocks through block_train."""
   x, y = window_data.split_window(window, setup.interpolate)
   model = nnx.merge(setup.graphdef, params, batch_stats)
   if type(model) is not models.Autoencoder:  # pylint: disable=unidiomatic-typecheck
     raise AeasdError(
-      f"config.train.kernels='jax_fused' trains {', '.join(FUSED_MODELS)}"
-      f" only, not a {type(model).__name__}"
+      f"config.train.kernels={setup.kernels!r} trains"
+      f" {', '.join(FUSED_MODELS)} only, not a {type(model).__name__}"
     )
   for block in (*model.encoder, *model.decoder):
-    x = block_train(block, x)
+    x = block_train(block, x, setup.kernels)
   mse = jnp.mean((model.output(x) - y) ** 2)
   return mse, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
 
@@ -187,6 +204,14 @@ def train_step(setup, params, batch_stats, opt_state, window, key, active=True):
   train_pass needs no separate masking pass over the state.
   """
   del key  # The autoencoder is deterministic.
+  devices = setup.mesh.devices.size
+  if setup.kernels in PALLAS_PATHS and devices > 1:
+    # Each device would hold part of the batch rows, and its kernels'
+    # statistics would miss the others'.
+    raise AeasdError(
+      f"config.train.kernels='pallas' trains on one device; this run has"
+      f" {devices}: use 'jax_fused' or 'xla'"
+    )
   (value, new_stats), grads = jax.value_and_grad(loss, 1, has_aux=True)(
     setup, params, batch_stats, window
   )

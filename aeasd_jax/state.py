@@ -38,7 +38,7 @@ class Setup:
   val_chunk: int  # Validation windows per model per step.
   mesh: jax.sharding.Mesh
   loss_dtype: Any  # float32; float64 when the model computes in float64.
-  kernels: str  # "xla" or "jax_fused" (fused.resolve_kernels).
+  kernels: str  # "xla" or one of fused.FUSED_PATHS (fused.resolve_kernels).
   learning_rate: float  # Adam's, for the fused step's flat update.
   adam_eps: float
 

@@ -105,7 +105,7 @@ def train_pass(setup, state, totals, windows, part):
       windows.frames, batch_starts, setup.frames_per_window
     )
     keys = fold(step_keys, step)
-    if setup.kernels == "jax_fused":
+    if setup.kernels in fused.FUSED_PATHS:
       # Masks inactive models inside its flat Adam update.
       new = jax.vmap(functools.partial(fused.train_step, setup))(
         params, batch_stats, opt_state, window, keys, step_active

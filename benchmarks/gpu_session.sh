@@ -12,15 +12,20 @@
 #           `git archive OLD aeasd_jax benchmarks configs | tar -x -C .ab`
 #   final   time to first result again, bfloat16 at full size, features on
 #           more clips
-#   fused   config.train.kernels xla against jax_fused (aeasd_jax/fused.py),
-#           same call: samples/s, compile time, loop-body HLO dumped
+#   fused   config.train.kernels xla, jax_fused (aeasd_jax/fused.py) and
+#           pallas (aeasd_jax/fused_pallas.py), same call, at most 8 minutes:
+#           the Pallas one-step tests with the compiled kernels, then speed
+#           (benchmarks/fused_table.py prints the table at the end)
+#   fused_m0  the memo's stage M0 (concurrent command buffers) against the
+#           default, XLA and Pallas paths, same call
 # soundfile, ml-collections and librosa (feature_speed's baseline) were not on
 # the GPU image; their wheels in .whl/ are installed first. They were fetched
 # with `pip download --no-deps --only-binary=:all: --python-version 3.12
 # --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64
 # --platform any -d .whl soundfile cffi pycparser ml-collections librosa
-# audioread decorator pooch platformdirs soxr`. Each step has its own time
-# limit, so one failure does not lose the rest.
+# audioread decorator pooch platformdirs soxr`; the fused part's tests also
+# need pytest iniconfig pluggy chex toolz where the image lacks them. Each
+# step has its own time limit, so one failure does not lose the rest.
 set -u
 OUT=${OUT:?set OUT to a folder for the results}
 RESULTS=$(mktemp -d)
@@ -100,15 +105,44 @@ jax.devices())"
         --clips_per_id=60 --repeats=3 --out="$RESULTS/gpu_features.json"
       ;;
     fused)
-      # Both paths in one process on the same card; the optimised HLO of
-      # each (the loop body's fusions are its kernels) lands in hlo/.
-      step fused_512 200 python3 benchmarks/train_speed.py \
-        --clips_per_group=2000 --repeats=5 --kernels=xla,jax_fused \
-        --settings=AE:512:1x1,AE:512:6x1,IDNN:512:6x1 --dump_hlo="$RESULTS/hlo" \
-        --out="$RESULTS/gpu_fused_512.json"
-      step fused_39552 200 python3 benchmarks/train_speed.py \
-        --clips_per_group=2000 --repeats=3 --kernels=xla,jax_fused \
-        --settings=AE:39552:6x1 --out="$RESULTS/gpu_fused_39552.json"
+      # Limits add up to 480 s, from the H100's ~10 s per compiled epoch
+      # program (RESULTS.md); Triton's compile time for the Pallas kernels
+      # is not known yet. First the one-step equivalence of the
+      # compiled Triton kernels with the XLA step (float64; on a GPU the
+      # tests run the kernels compiled, not interpreted), then speed. Each
+      # record's loop_body counts the kernels of the scan body (a Pallas
+      # kernel is a custom-call); the optimised HLO lands in hlo/. VAE has no
+      # fused path, so it runs XLA only. Pallas runs in processes of its
+      # own, so a kernel that fails to compile loses only its own rows.
+      small="--clips_per_group=1000 --repeats=3"
+      JAX_PLATFORMS=cuda step fused_check 75 python3 -m pytest -q \
+        -p no:cacheprovider tests/test_fused.py \
+        -k "one_pallas_step or (rejects and pallas)"
+      step fused_512 125 python3 benchmarks/train_speed.py $small --peer \
+        --kernels=xla,jax_fused --settings=AE:512:6x1,IDNN:512:6x1,AE:256:6x1 \
+        --dump_hlo="$RESULTS/hlo" --out="$RESULTS/gpu_fused_512.json"
+      step fused_512_pallas 100 python3 benchmarks/train_speed.py $small \
+        --kernels=pallas --settings=AE:512:6x1,IDNN:512:6x1,AE:256:6x1 \
+        --dump_hlo="$RESULTS/hlo" --out="$RESULTS/gpu_fused_512_pallas.json"
+      step fused_vae 50 python3 benchmarks/train_speed.py $small \
+        --kernels=xla --settings=VAE:512:6x1,VAE:256:6x1,VAE:39552:6x1 \
+        --out="$RESULTS/gpu_fused_vae.json"
+      step fused_39552 70 python3 benchmarks/train_speed.py $small --peer \
+        --kernels=xla,jax_fused --settings=AE:39552:6x1,IDNN:39552:6x1 \
+        --out="$RESULTS/gpu_fused_39552.json"
+      step fused_39552_pallas 60 python3 benchmarks/train_speed.py $small \
+        --kernels=pallas --settings=AE:39552:6x1,IDNN:39552:6x1 \
+        --out="$RESULTS/gpu_fused_39552_pallas.json"
+      python3 benchmarks/fused_table.py --markdown "$RESULTS"/gpu_fused_*.json
+      ;;
+    fused_m0)
+      small="--clips_per_group=1000 --repeats=3 --settings=AE:512:6x1"
+      step m0_default 70 python3 benchmarks/train_speed.py $small \
+        --kernels=xla,pallas --out="$RESULTS/gpu_m0_default.json"
+      XLA_FLAGS=--xla_gpu_command_buffer_scheduling_mode=CONCURRENT \
+        step m0_concurrent 70 python3 benchmarks/train_speed.py $small \
+        --kernels=xla,pallas --out="$RESULTS/gpu_m0_concurrent.json"
+      python3 benchmarks/fused_table.py "$RESULTS"/gpu_m0_*.json
       ;;
     *) echo "unknown part $part"; exit 2 ;;
   esac

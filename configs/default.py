@@ -111,9 +111,13 @@ def get_config():
   config.train.tensorboard = False  # Needs the [tensorboard] extra.
   # The training step's kernels: "xla" (autodiff, XLA's fusions), "jax_fused"
   # (AE and IDNN: a custom-VJP Dense+BatchNorm+ReLU and a flat, masked Adam;
-  # aeasd_jax/fused.py) or "auto", which picks "xla" until a faster path is
-  # measured (benchmarks/RESULTS.md).
+  # aeasd_jax/fused.py), "pallas" (the same step with each block as Pallas
+  # kernels, aeasd_jax/fused_pallas.py: one NVIDIA GPU, a batch_size that is
+  # a multiple of 16, jax 0.10.2 to 0.12) or "auto", which picks "xla" until
+  # a faster path is measured (benchmarks/RESULTS.md).
   config.train.kernels = "auto"
+  # Runs "pallas" in Pallas' interpret mode, on any backend: for tests, slow.
+  config.train.pallas_interpret = False
 
   config.score = ml_collections.ConfigDict()
   config.score.pooling = "mean"  # "mean", "max" or "gwrp" (AE-ASD's option).
