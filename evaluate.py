@@ -24,7 +24,9 @@ flags.DEFINE(
   runtime.PathParser(),
   "eval_ground_truth",
   None,
-  "An eval_data_list.csv to score the eval set against.",
+  "The eval set's ground truth: DCASE 2020's eval_data_list.csv, or from"
+  " 2021 the evaluator's folder holding ground_truth_data/ (and"
+  " ground_truth_domain/).",
 )
 flags.DEFINE_bool(
   "plots", False, "Write ROC and histogram PNGs (needs the [plot] extra)."
@@ -47,6 +49,14 @@ flags.DEFINE(
   "Where the run's dataset lies now, if it has moved; overrides the"
   " workdir's data.root for this evaluation only.",
 )
+flags.DEFINE_enum(
+  "score",
+  None,
+  ["mse", "mahalanobis"],
+  "The anomaly score, in place of the workdir's config.score.method: the"
+  " reconstruction error, or the 2023+ baseline's selective Mahalanobis"
+  " distance (its statistics are fitted once per weights and stored).",
+)
 FLAGS = flags.FLAGS
 
 
@@ -64,6 +74,7 @@ def main(argv):
         machine_type=FLAGS.machine_type,
         which=FLAGS.checkpoint,
         data_root=FLAGS.data_root,
+        score_method=FLAGS.score,
       )
     return evaluation.evaluate(
       FLAGS.workdir,
@@ -71,6 +82,7 @@ def main(argv):
       eval_ground_truth=FLAGS.eval_ground_truth,
       plots=FLAGS.plots,
       data_root=FLAGS.data_root,
+      score_method=FLAGS.score,
     )
 
   runtime.run(run)

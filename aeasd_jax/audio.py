@@ -28,26 +28,31 @@ def read_audio(
   sample_rate=16000,
   resample=False,
   min_samples=1,
+  channel="mean",
   rate_advice="set config.data.resample=True to resample it",
 ):
   """Returns the clip at `path` as a 1-D float32 array at `sample_rate`.
 
   Multi-channel audio is averaged to mono, as librosa.load(mono=True) does for
-  the DCASE baseline. A clip at another rate is resampled with
-  scipy.signal.resample_poly when `resample` is true, and refused otherwise.
+  the DCASE baseline, or one channel is taken (DCASE 2026's baseline takes
+  channel 0 of its near and far microphones). A clip at another rate is
+  resampled with scipy.signal.resample_poly when `resample` is true, and
+  refused otherwise.
 
   Args:
     path: a file soundfile can read (WAV or FLAC; PCM 8/16/24/32-bit or float).
     sample_rate: the rate the features expect, a whole number of Hz.
     resample: resample other rates instead of refusing them.
     min_samples: the shortest clip accepted, normally n_fft.
+    channel: "mean", or the index of the channel to keep (config.data.channel).
     rate_advice: what the error for another sample rate tells the user to
       do; the default is train.py's.
 
   Raises:
     AeasdError: the file is missing, a dangling link, not a regular file,
       unreadable, empty, truncated, not audio, at another sample rate (with
-      resample off), too short, or holds NaN or Inf.
+      resample off), too short, lacks the channel asked for, or holds NaN or
+      Inf.
   """
   path = os.fspath(path)
   _check_complete(path)
@@ -77,7 +82,16 @@ def read_audio(
       f"{path}: the audio holds NaN or Inf samples; expected"
       " finite sample values"
     )
-  clip = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
+  if channel == "mean":
+    clip = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
+  elif int(channel) < samples.shape[1]:
+    clip = samples[:, int(channel)]
+  else:
+    raise AeasdError(
+      f"{path}: {samples.shape[1]} channel(s), so config.data.channel="
+      f"{channel} is not among them; expected a channel index below"
+      f" {samples.shape[1]} or 'mean'"
+    )
   if file_rate != sample_rate:
     if not resample:
       raise AeasdError(

@@ -28,7 +28,8 @@ INDEX_FILE = "index.json"
 BAD_FILES_REPORT = "bad_files.txt"
 LOCK_FILE = cache_folders.LOCK_FILE
 # 2: the index holds the lineage and a digest of each clip's file.
-FORMAT_VERSION = 2
+# 3: clips name their section, subset, domain and attributes.
+FORMAT_VERSION = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +127,7 @@ def build_or_load(
   cache_dir,
   *,
   resample=False,
+  channel="mean",
   skip_bad_files=False,
   num_workers=8,
   batch_size=64,
@@ -139,6 +141,7 @@ def build_or_load(
     feature_params: keyword arguments of features.log_mel.
     cache_dir: the folder that holds one subfolder per cache key.
     resample: resample clips at another rate instead of refusing them.
+    channel: of a multi-channel clip, "mean" or a channel index.
     skip_bad_files: leave bad files out (listed in a report) instead of
       stopping with the list of them.
     num_workers: threads decoding audio files.
@@ -154,7 +157,7 @@ def build_or_load(
     raise AeasdError(
       "no clips to cache; check config.data.root and config.data.machine_types"
     )
-  audio_params = {"resample": bool(resample)}
+  audio_params = {"resample": bool(resample), "channel": channel}
   versions = [_file_version(c.path) for c in clips]
   directory = pathlib.Path(cache_dir) / _key(
     clips, versions, feature_params, audio_params
@@ -174,7 +177,14 @@ def build_or_load(
       batch_seconds,
       show_progress,
     )
+  # What a clip is (its label, domain, section) comes from this run's
+  # parsing of its name, not from the index: the key covers the files, not
+  # the naming rules they were read with.
+  by_path = {c.path: c for c in clips}
   cache = _open(directory, hold)
+  cache = dataclasses.replace(
+    cache, clips=tuple(by_path[c.path] for c in cache.clips)
+  )
   if cache.bad_files and not skip_bad_files:
     # The cache was built with skip_bad_files=True; this run asked to stop.
     raise _bad_files_error(cache.bad_files)
@@ -304,7 +314,7 @@ def _build(
       tmp / FRAMES_FILE,
       clips,
       feature_params,
-      audio_params["resample"],
+      audio_params,
       num_workers,
       batch_size,
       batch_seconds,

@@ -25,7 +25,7 @@ def compute_frames(
   frames_path,
   clips,
   feature_params,
-  resample,
+  audio_params,
   num_workers,
   batch_size,
   batch_seconds,
@@ -33,7 +33,7 @@ def compute_frames(
 ):
   """Decodes clips on threads and runs log-mel in batches on the device."""
   log_mel = features.ClipLogMel(feature_params)
-  decode = lambda clip: _decode(clip, feature_params, resample)
+  decode = lambda clip: _decode(clip, feature_params, audio_params)
   budget = batch_seconds * feature_params["sample_rate"]
   kept, lengths, digests, bad, pending = [], [], [], [], []
   start = time.perf_counter()
@@ -125,14 +125,14 @@ def _in_order(pool, fn, items, window):
     yield head, future.result()
 
 
-def _decode(clip, feature_params, resample):
+def _decode(clip, feature_params, audio_params):
   """(waveform, blake2b hex digest of the file's bytes), or the AeasdError."""
   try:
     wave = audio.read_audio(
       clip.path,
       sample_rate=feature_params["sample_rate"],
-      resample=resample,
       min_samples=feature_params["n_fft"],
+      **audio_params,
     )
     # Read after decoding, from the page cache; read_audio first turns a
     # missing file or a FIFO into its message. A change in between is

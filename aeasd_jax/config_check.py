@@ -8,10 +8,12 @@ import numbers
 
 import jax
 
+from aeasd_jax import dcase
 from aeasd_jax import features
 from aeasd_jax import fused
 from aeasd_jax import models
 from aeasd_jax import scoring
+from aeasd_jax import synth
 from aeasd_jax.errors import AeasdError
 
 
@@ -112,7 +114,29 @@ def check_config(config):
     config.model.compute_dtype,
     "jax_enable_x64 for float64 (set JAX_ENABLE_X64=1 before starting Python)",
   )
-  _choice(config, "data.group_by", {"type", "type_id"})
+  _choice(config, "data.group_by", {"type", "type_section", "type_id"})
+  year = config.data.dcase_year
+  _require(
+    year is None or year in dcase.YEARS,
+    "data.dcase_year",
+    year,
+    f"None (tell from the names) or a year in {dcase.YEARS[0]}-"
+    f"{dcase.YEARS[-1]}",
+  )
+  _require(
+    config.synth.year in synth.YEARS,
+    "synth.year",
+    config.synth.year,
+    f"one of {list(synth.YEARS)}",
+  )
+  channel = config.data.channel
+  _require(
+    isinstance(channel, str) and (channel in ("", "mean") or channel.isdigit()),
+    "data.channel",
+    channel,
+    "'mean', a channel index such as '0', or '' for the year's default",
+  )
+  _choice(config, "score.method", {"mse", "mahalanobis"})
   _choice(config, "train.select_by", {"val_loss", "dev_auc"})
   _choice(config, "train.kernels", set(fused.KERNELS))
   _bool(config, "train.pallas_interpret")
@@ -143,6 +167,7 @@ def check_config(config):
     "data.use_eval_train",
     "data.resample",
     "data.skip_bad_files",
+    "data.use_supplemental",
   ):
     _bool(config, setting)
   resident = config.data.device_resident

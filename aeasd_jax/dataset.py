@@ -52,6 +52,7 @@ def data_root(config):
 
 def _synth_params(config):
   return dict(
+    year=config.synth.year,
     seed=config.synth.seed,
     clips_per_id=config.synth.clips_per_id,
     seconds=config.synth.seconds,
@@ -86,6 +87,11 @@ def data_identity(config, features, groups):
     for c in (*g.train_clips, *g.val_clips)
   )
   digest = hashlib.sha256()
+  channel = audio_channel(config, config.data.dcase_year)
+  # One channel of the same files is other data; "mean" adds nothing, so
+  # fingerprints of runs before the setting existed still match.
+  if channel != "mean":
+    digest.update(f"channel {channel}\n".encode())
   for relative, content in clips:
     digest.update(f"{relative}\0{content}\n".encode())
   return {
@@ -99,6 +105,45 @@ def feature_params(config):
   return dict(config.features)
 
 
+def dcase_year(config):
+  """config.data.dcase_year, or the year the data root's names tell.
+
+  Raises:
+    AeasdError: no year was set and the names fit none.
+  """
+  if config.data.dcase_year is not None:
+    return config.data.dcase_year
+  root = data_root(config)
+  year = dcase.detect_year(root, config.data.dev_dir)
+  if year is None:
+    raise AeasdError(
+      f"{root}: the dev training clips' names fit no DCASE year; expected"
+      " normal_id_XX_######## (2020) or"
+      f" {dcase.name_rules(2022).labelled_form} (2021 on), or set"
+      " config.data.dcase_year"
+    )
+  return year
+
+
+def audio_channel(config, year):
+  """config.data.channel, or the year's baseline's: 0 in 2026, else mean."""
+  if config.data.channel:
+    return config.data.channel
+  return "0" if year == 2026 else "mean"
+
+
+def resolve_year_and_channel(config):
+  """A copy of `config` whose data.dcase_year and data.channel are concrete.
+
+  train.py stores it, so evaluate.py reads the year and channel the run
+  trained with instead of telling them again.
+  """
+  config = config.copy_and_resolve_references()
+  config.data.dcase_year = dcase_year(config)
+  config.data.channel = audio_channel(config, config.data.dcase_year)
+  return config
+
+
 def load(config, *, show_progress=True):
   """Discovers the clips, loads (or builds) their cache, splits the groups.
 
@@ -106,17 +151,34 @@ def load(config, *, show_progress=True):
     (cache.FeatureCache, list of data.Group)
   """
   root = data_root(config)
+  year = dcase_year(config)
+  types = tuple(config.data.machine_types)
   clips = dcase.discover(
     root,
-    tuple(config.data.machine_types),
+    types,
     config.data.dev_dir,
     config.data.eval_dir,
+    year=year,
+    use_supplemental=config.data.use_supplemental,
   )
+  if not config.data.use_supplemental:
+    for folder in dcase.supplemental_folders(
+      root,
+      types or dcase.machine_types_in(root, config.data.dev_dir),
+      config.data.dev_dir,
+      config.data.eval_dir,
+    ):
+      log.info(
+        "%s: left out, as the official baseline does; set"
+        " config.data.use_supplemental=True to train on it too",
+        folder,
+      )
   features = cache.build_or_load(
     clips,
     feature_params(config),
     cache_dir.root(config) / "features",
     resample=config.data.resample,
+    channel=audio_channel(config, year),
     skip_bad_files=config.data.skip_bad_files,
     num_workers=config.data.decode_workers,
     batch_size=config.data.feature_batch,
@@ -148,8 +210,9 @@ def make_groups(clips, *, group_by, use_eval_train, validation_split, seed):
 
   Args:
     clips: the cache's dcase.Clip tuple; indices refer to it.
-    group_by: "type" (one model per machine type, as the baseline) or
-      "type_id" (one per machine type and id).
+    group_by: "type" (one model per machine type, as the baselines) or
+      "type_section" (one per machine type and section, or id in 2020;
+      "type_id" is the same). A section's domains share its model.
     use_eval_train: also train on eval_data/*/train (DCASE's additional
       training data).
     validation_split: fraction of each group's training clips held out.
@@ -162,13 +225,13 @@ def make_groups(clips, *, group_by, use_eval_train, validation_split, seed):
   def group_name(clip):
     if group_by == "type":
       return clip.machine_type
-    return f"{clip.machine_type}/{clip.machine_id}"
+    return f"{clip.machine_type}/{clip.section}"
 
   train, test = {}, {}
   for i, clip in enumerate(clips):
     if clip.split == "test":
       test.setdefault(group_name(clip), []).append(i)
-    elif clip.section == "dev" or use_eval_train:
+    elif clip.subset == "dev" or use_eval_train:
       train.setdefault(group_name(clip), []).append(i)
   groups = []
   for name in sorted(train):

@@ -6,11 +6,12 @@
 import logging
 import pathlib
 
-import numpy as np
 
 from aeasd_jax import dataset
 from aeasd_jax import group_scoring
 from aeasd_jax import metric_log
+from aeasd_jax import official_score
+from aeasd_jax import result_tables
 from aeasd_jax import results
 from aeasd_jax import run_identity
 from aeasd_jax import workdir_files
@@ -20,21 +21,17 @@ from aeasd_jax.errors import AeasdError
 log = logging.getLogger(__name__)
 
 
-def _decision_report(features, groups, clip_lists, ensemble, thresholds):
-  """Per type and id: precision, recall and F1 of score > threshold."""
+def _decision_report(rows):
+  """Per type and section: precision, recall and F1 of score > threshold."""
   report = {}
-  for group, clips, scores in zip(groups, clip_lists, ensemble):
-    decisions = scores > thresholds[group.name]
-    for c, d in zip(clips, decisions):
-      clip = features.clips[c]
-      entry = report.setdefault(
-        (clip.machine_type, clip.machine_id),
-        {"tp": 0, "fp": 0, "fn": 0, "n": 0},
-      )
-      entry["n"] += 1
-      entry["tp"] += int(d and clip.label == 1)
-      entry["fp"] += int(d and clip.label == 0)
-      entry["fn"] += int(not d and clip.label == 1)
+  for row in rows:
+    entry = report.setdefault(
+      (row.machine_type, row.section), {"tp": 0, "fp": 0, "fn": 0, "n": 0}
+    )
+    entry["n"] += 1
+    entry["tp"] += int(row.decision and row.label == 1)
+    entry["fp"] += int(row.decision and row.label == 0)
+    entry["fn"] += int(not row.decision and row.label == 1)
   for entry in report.values():
     entry.update(_precision_recall_f1(entry["tp"], entry["fp"], entry["fn"]))
   return report
@@ -49,31 +46,24 @@ def _precision_recall_f1(tp, fp, fn):
   return {"precision": precision, "recall": recall, "f1": f1}
 
 
-def _write_score_files(
-  folder, features, groups, clip_lists, ensemble, decisions_of=None
-):
-  """One score CSV (and decision CSV) per type and id."""
+def _write_score_files(folder, year, rows):
+  """The score and decision CSVs, one per file the year's evaluator reads."""
   by_file = {}
-  for group, clips, scores in zip(groups, clip_lists, ensemble):
-    for c, s in zip(clips, scores):
-      clip = features.clips[c]
-      names, values, decided = by_file.setdefault(
-        (clip.machine_type, clip.machine_id), ([], [], [])
-      )
-      names.append(clip.name)
-      values.append(s)
-      if decisions_of:
-        decided.append(s > decisions_of[group.name])
-  for (machine_type, machine_id), (names, values, decided) in by_file.items():
+  for row in rows:
+    key = (row.machine_type, row.section, row.domain if year == 2021 else "")
+    by_file.setdefault(key, []).append(row)
+  for key, file_rows in by_file.items():
+    names = [r.name for r in file_rows]
     results.write_scores(
-      folder / results.score_csv_name(machine_type, machine_id), names, values
+      folder / results.score_csv_name(year, *key),
+      names,
+      [r.score for r in file_rows],
     )
-    if decisions_of:
-      results.write_decisions(
-        folder / f"decision_result_{machine_type}_{machine_id}.csv",
-        names,
-        decided,
-      )
+    results.write_decisions(
+      folder / results.decision_csv_name(year, *key),
+      names,
+      [r.decision for r in file_rows],
+    )
 
 
 def load_data(workdir, config, data_root=None):
@@ -136,81 +126,123 @@ def load_data(workdir, config, data_root=None):
 
 
 def evaluate(
-  workdir, *, which="best", eval_ground_truth=None, plots=False, data_root=None
+  workdir,
+  *,
+  which="best",
+  eval_ground_truth=None,
+  plots=False,
+  data_root=None,
+  score_method=None,
 ):
   """Scores the dev (and eval) test sets and writes the DCASE result files.
 
   Args:
     workdir: the run's folder.
     which: the --checkpoint value.
-    eval_ground_truth: an eval_data_list.csv, to score the eval set.
+    eval_ground_truth: the eval set's ground truth (results.read_ground_truth:
+      2020's eval_data_list.csv, or from 2021 the evaluator's folder).
     plots: also write ROC and histogram PNGs.
     data_root: where the run's data lies now (see load_data).
+    score_method: "mse" or "mahalanobis" in place of config.score.method.
 
   Returns:
-    {"dev": table, "eval": table or None, "seeds": per-seed tables,
-     "decisions": report} where a table is {type: {id: (auc, pauc)}}.
+    {"year", "dev": table, "eval": table or None, "seeds": per-seed tables,
+     "decisions": report, "score": the dev official score (2021 on)}, where
+    a table is {type: {section: metrics}} (result_tables.metric_table).
   """
   timer = metric_log.PhaseTimer()
   workdir = pathlib.Path(workdir)
-  config = run_identity.load_config(workdir)
+  config = with_score_method(run_identity.load_config(workdir), score_method)
   with timer.phase("features"):
     features, groups = load_data(workdir, config, data_root)
+    year = dataset.dcase_year(config)
   with timer.phase("restore"):
     setup, params, batch_stats, tag = workdir_weights.load_weights(
       config, workdir, [g.name for g in groups], which
     )
   out = workdir / "results"
   out.mkdir(exist_ok=True)
-  report = {}
   with timer.phase("score"):
+    precision = group_scoring.precision_for(
+      config, workdir, lambda: (features, groups), setup, params, batch_stats
+    )
     dev_clips = [group_scoring.dev_test_clips(features, g) for g in groups]
     dev_scores = group_scoring.score_groups(
-      config, features, setup, params, batch_stats, dev_clips
+      config, features, setup, params, batch_stats, dev_clips, precision
     )
     thresholds = group_scoring.stored_thresholds(
       config, workdir, tag, params, batch_stats
     ) or group_scoring.fit_thresholds(
-      config, workdir, features, groups, setup, params, batch_stats, tag
+      config,
+      workdir,
+      features,
+      groups,
+      setup,
+      params,
+      batch_stats,
+      tag,
+      precision,
     )
-  ensemble = [s.mean(0) for s in dev_scores]
-  _write_score_files(out, features, groups, dev_clips, ensemble, thresholds)
-  label = lambda clip: clip.label
-  report["dev"] = group_scoring.auc_table(features, dev_clips, ensemble, label)
+  group_thresholds = [thresholds[g.name] for g in groups]
+  rows = result_tables.scored_clips(
+    features,
+    dev_clips,
+    [s.mean(0) for s in dev_scores],
+    result_tables.own_truth,
+    group_thresholds,
+  )
+  _write_score_files(out, year, rows)
+  report = {"year": year}
+  report["dev"] = result_tables.metric_table(year, rows)
+  report["score"], ci95 = _official_score(year, report["dev"], rows)
   report["seeds"] = [
-    group_scoring.auc_table(
-      features, dev_clips, [s[k] for s in dev_scores], label, warn=False
+    result_tables.metric_table(
+      year,
+      result_tables.scored_clips(
+        features,
+        dev_clips,
+        [s[k] for s in dev_scores],
+        result_tables.own_truth,
+        group_thresholds,
+      ),
+      warn=False,
     )
     for k in range(config.train.num_seeds)
   ]
-  report["decisions"] = _decision_report(
-    features, groups, dev_clips, ensemble, thresholds
+  report["decisions"] = _decision_report(rows)
+  results.write_result_csv(
+    out / "result.csv", year, report["dev"], report["score"], ci95
   )
-  results.write_result_csv(out / "result.csv", report["dev"])
-  _write_decision_summary(out / "decisions.csv", report["decisions"])
+  _write_decision_summary(out / "decisions.csv", year, report["decisions"])
   print(
-    results.format_table(report["dev"], f"dev set ({tag}, {config.model.name})")
+    result_tables.format_table(
+      year,
+      report["dev"],
+      f"DCASE {year} dev set ({tag}, {config.model.name},"
+      f" {config.score.method})",
+      ci95,
+    )
   )
   if config.train.num_seeds > 1:
-    print(_seed_summary(report["seeds"]))
+    print(result_tables.seed_summary(year, report["seeds"]))
   print(
     _decision_summary(report["decisions"], config.score.threshold_percentile)
   )
   with timer.phase("score"):
     report["eval"] = _evaluate_eval_set(
       config,
+      year,
       features,
       groups,
-      setup,
-      params,
-      batch_stats,
+      (setup, params, batch_stats, precision),
+      group_thresholds,
       out,
       eval_ground_truth,
     )
   if plots:
     from aeasd_jax import plots as plots_lib  # pylint: disable=g-import-not-at-top
 
-    plots_lib.write(out, features, groups, dev_clips, ensemble)
+    plots_lib.write(out, year, rows, report["dev"])
   log.info("time: %s", timer.summary())
   metric_log.MetricWriter(workdir).write(
     {"evaluate": tag, "timing_s": timer.totals()}
@@ -218,12 +250,38 @@ def evaluate(
   return report
 
 
+def with_score_method(config, score_method):
+  """The workdir's config, scoring by `score_method` if one is given."""
+  if score_method is None:
+    return config
+  if score_method not in ("mse", "mahalanobis"):
+    raise AeasdError(f"--score={score_method}: expected mse or mahalanobis")
+  config = config.copy_and_resolve_references()
+  config.score.method = score_method
+  return config
+
+
+def _official_score(year, table, rows):
+  """(official score, ci95) of a table; (None, None) in 2020, which has none.
+
+  The ci95 exists from 2022, as in the evaluators.
+  """
+  if year == 2020:
+    return None, None
+  score = official_score.official_score(year, table)
+  if year == 2021:
+    return score, None
+  return score, official_score.official_score_ci95(
+    year, [r.label for r in rows], [r.score for r in rows]
+  )
+
+
 def _evaluate_eval_set(
-  config, features, groups, setup, params, batch_stats, out, ground_truth_path
+  config, year, features, groups, weights, thresholds, out, ground_truth_path
 ):
-  """Writes eval score CSVs; with a ground truth list, the eval table too."""
+  """Writes eval score CSVs; with a ground truth, the eval table too."""
   eval_of = lambda g: [
-    c for c in g.test_clips if features.clips[c].section == "eval"
+    c for c in g.test_clips if features.clips[c].subset == "eval"
   ]
   eval_clips = [eval_of(g) for g in groups]
   if not any(eval_clips):
@@ -233,38 +291,52 @@ def _evaluate_eval_set(
         " the dataset has no eval_data/<type>/test clips"
       )
     return None
+  setup, params, batch_stats, precision = weights
   scores = group_scoring.score_groups(
-    config, features, setup, params, batch_stats, eval_clips
+    config, features, setup, params, batch_stats, eval_clips, precision
   )
   ensemble = [s.mean(0) for s in scores]
   eval_out = out / "eval"
   eval_out.mkdir(exist_ok=True)
-  _write_score_files(eval_out, features, groups, eval_clips, ensemble)
+  truth_of = result_tables.own_truth  # Blind: UNLABELLED.
+  if ground_truth_path:
+    truth = results.read_ground_truth(ground_truth_path, year)
+
+    def truth_of(clip):
+      try:
+        return truth[clip.machine_type][clip.name]
+      except KeyError:
+        raise AeasdError(
+          f"{ground_truth_path}: no label for {clip.machine_type}"
+          f"/{clip.name}; expected one row per eval test"
+          " file"
+        ) from None
+
+  rows = result_tables.scored_clips(
+    features, eval_clips, ensemble, truth_of, thresholds
+  )
+  _write_score_files(eval_out, year, rows)
   if not ground_truth_path:
     return None
-  truth = results.read_ground_truth(ground_truth_path)
-
-  def label_of(clip):
-    try:
-      return truth[clip.machine_type][clip.name]
-    except KeyError:
-      raise AeasdError(
-        f"{ground_truth_path}: no label for {clip.machine_type}"
-        f"/{clip.name}; expected one row per eval test"
-        " file"
-      ) from None
-
-  table = group_scoring.auc_table(features, eval_clips, ensemble, label_of)
-  results.write_result_csv(eval_out / "result.csv", table)
-  print(results.format_table(table, "eval set"))
+  table = result_tables.metric_table(year, rows)
+  score, ci95 = _official_score(year, table, rows)
+  results.write_result_csv(eval_out / "result.csv", year, table, score, ci95)
+  print(result_tables.format_table(year, table, "eval set", ci95))
   return table
 
 
-def _write_decision_summary(path, report):
+def _write_decision_summary(path, year, report):
   results.write_csv(
     path,
     [
-      ("type", "id", "files", "precision", "recall", "F1"),
+      (
+        "type",
+        "id" if year == 2020 else "section",
+        "files",
+        "precision",
+        "recall",
+        "F1",
+      ),
       *(
         (
           machine_type,
@@ -294,23 +366,5 @@ def _decision_summary(report, percentile):
     lines.append(
       f"{machine_type:<14} {scores['precision']:6.3f}"
       f" {scores['recall']:6.3f} {scores['f1']:6.3f}"
-    )
-  return "\n".join(lines)
-
-
-def _seed_summary(seed_tables):
-  """Each type's and the overall AUC and pAUC: mean ± std over the seeds."""
-  lines = ["per-seed AUC(%) (pAUC(%)), mean ± std over seeds"]
-  per_seed = [results.averages(t) for t in seed_tables]
-  rows = [
-    (machine_type, [p[0][machine_type] for p in per_seed])
-    for machine_type in seed_tables[0]
-  ]
-  for name, values in [*rows, ("Average", [p[1] for p in per_seed])]:
-    values = np.array(values) * 100
-    mean, std = values.mean(0), values.std(0)
-    lines.append(
-      f"{name:<14} {mean[0]:6.2f} ± {std[0]:.2f}"
-      f" ({mean[1]:5.2f} ± {std[1]:.2f})"
     )
   return "\n".join(lines)

@@ -11,18 +11,38 @@ import pathlib
 import jax
 import numpy as np
 
-from aeasd_jax import metrics
-from aeasd_jax import results
+from aeasd_jax import mahalanobis
+from aeasd_jax import result_tables
 from aeasd_jax import scoring
+from aeasd_jax import window_data
 from aeasd_jax import workdir_files
 
 log = logging.getLogger(__name__)
 
-PAUC_MAX_FPR = 0.1  # The DCASE 2020 pAUC.
+# The stored Mahalanobis statistics: one <weights digest>.npz per weights.
+MAHALANOBIS_FOLDER = "mahalanobis"
 
 
-def score_models(config, features, setup, params, batch_stats, clip_lists):
-  """Per-model scores of per-model clip lists, in one set of device calls."""
+def score_models(
+  config, features, setup, params, batch_stats, clip_lists, precision=None
+):
+  """Per-model scores of per-model clip lists, in one set of device calls.
+
+  With `precision` (mahalanobis_precision), the selective Mahalanobis score;
+  otherwise the pooled reconstruction error.
+  """
+  if precision is not None:
+    return mahalanobis.score_clip_lists(
+      setup.graphdef,
+      params,
+      batch_stats,
+      features,
+      clip_lists,
+      precision,
+      frames_per_window=config.model.frames,
+      interpolate=setup.interpolate,
+      batch_windows=config.score.batch_windows,
+    )
   return scoring.score_clip_lists(
     setup.graphdef,
     params,
@@ -37,10 +57,20 @@ def score_models(config, features, setup, params, batch_stats, clip_lists):
   )
 
 
-def score_groups(config, features, setup, params, batch_stats, clips_per_group):
+def score_groups(
+  config,
+  features,
+  setup,
+  params,
+  batch_stats,
+  clips_per_group,
+  precision=None,
+):
   """[seeds, clips] scores per group, each group's seeds on its own clips."""
   clip_lists = [clips_per_group[g] for g in setup.group_of_model]
-  flat = score_models(config, features, setup, params, batch_stats, clip_lists)
+  flat = score_models(
+    config, features, setup, params, batch_stats, clip_lists, precision
+  )
   seeds = config.train.num_seeds
   return [
     np.stack(flat[g * seeds : (g + 1) * seeds])
@@ -48,63 +78,79 @@ def score_groups(config, features, setup, params, batch_stats, clips_per_group):
   ]
 
 
-def dev_test_clips(features, group):
-  return [c for c in group.test_clips if features.clips[c].section == "dev"]
+def mahalanobis_precision(
+  config, workdir, load_data, setup, params, batch_stats
+):
+  """The Mahalanobis precisions of these weights, fitted once and stored.
 
+  Stored under the weights' digest, so a resumed run, or an evaluation of
+  the same weights, restores them, and other weights never find them.
 
-def auc_table(features, clip_lists, scores_per_group, labels_of, warn=True):
-  """{type: {id: (auc, pauc)}} for one score per clip.
+  The pass follows the 2023+ baseline: each model's training clips (not its
+  validation clips), in shuffled batches of config.train.batch_size windows
+  (the baseline's 256 with configs/dcase2023.py), each batch centred on its
+  own means, the domain "target" where the file name says so.
 
-  With warn, an id whose AUC is undefined is named in a warning.
+  Args:
+    config, workdir, setup, params, batch_stats: the run and its weights.
+    load_data: () -> (features, groups), called only to fit: scoring new
+      recordings with stored statistics needs no dataset.
+
+  Returns:
+    [models, 2, n_mels, n_mels] float32 (mahalanobis.DOMAINS order).
   """
-  by_type_id = {}
-  for clips, scores in zip(clip_lists, scores_per_group):
-    for c, s in zip(clips, scores):
-      clip = features.clips[c]
-      by_type_id.setdefault(clip.machine_type, {}).setdefault(
-        clip.machine_id, []
-      ).append((labels_of(clip), s))
-  table = {}
-  for machine_type in sorted(by_type_id):
-    table[machine_type] = {}
-    for machine_id in sorted(by_type_id[machine_type]):
-      labels, scores = np.asarray(by_type_id[machine_type][machine_id]).T
-      table[machine_type][machine_id] = _auc_pauc(
-        f"{machine_type}/{machine_id}", labels, scores, warn
-      )
-  return table
+  path = (
+    pathlib.Path(workdir)
+    / MAHALANOBIS_FOLDER
+    / f"{weights_digest(params, batch_stats)}.npz"
+  )
+  if path.exists():
+    with np.load(path) as stored:
+      return mahalanobis.MahalanobisStats(**stored).precision
+  features, groups = load_data()
+  clip_lists = [groups[g].train_clips for g in setup.group_of_model]
+  stats = mahalanobis.fit_clip_lists(
+    setup.graphdef,
+    params,
+    batch_stats,
+    features,
+    clip_lists,
+    [
+      [mahalanobis.clip_domain(features.clips[c].name) for c in clips]
+      for clips in clip_lists
+    ],
+    frames_per_window=config.model.frames,
+    interpolate=setup.interpolate,
+    batch_size=config.train.batch_size,
+    seeds=[
+      [config.seed, window_data.stable_hash(name)] for name in setup.model_names
+    ],
+    names=list(setup.model_names),
+  )
+  path.parent.mkdir(exist_ok=True)
+  with workdir_files.atomic_open(path, "wb") as f:
+    np.savez(f, **stats._asdict())
+  return stats.precision
 
 
-def _auc_pauc(name, labels, scores, warn):
-  """(AUC, pAUC) of one id; (nan, nan) with a warning when undefined.
-
-  An id whose test clips are all normal (or all anomalous) has no AUC; the
-  other ids' results are still worth writing.
-  """
-  if len(set(labels.tolist())) < 2:
-    if warn:
-      log.warning(
-        "%s: every test clip has label %d, so its AUC and pAUC are"
-        " undefined (written as nan and left out of the"
-        " averages); expected normal and anomalous clips",
-        name,
-        labels[0],
-      )
-    return (np.nan, np.nan)
-  return (
-    metrics.roc_auc_score(labels, scores),
-    metrics.roc_auc_score(labels, scores, max_fpr=PAUC_MAX_FPR),
+def precision_for(config, workdir, load_data, setup, params, batch_stats):
+  """mahalanobis_precision when config.score.method asks for it, else None."""
+  if config.score.method != "mahalanobis":
+    return None
+  return mahalanobis_precision(
+    config, workdir, load_data, setup, params, batch_stats
   )
 
 
-def mean_auc(table):
-  return results.averages(table)[1][0]
+def dev_test_clips(features, group):
+  return [c for c in group.test_clips if features.clips[c].subset == "dev"]
 
 
 def dev_auc_per_model(config, features, groups, setup, state):
-  """[models] dev test AUC of the current weights, averaged over ids.
+  """[models] dev test score of the current weights: AE-ASD's selection.
 
-  This is AE-ASD's model selection; it peeks at labelled test data.
+  The year's headline figure (result_tables.headline): the mean AUC over
+  ids in 2020, the official score from 2021. It peeks at labelled test data.
   """
   clip_lists = [
     dev_test_clips(features, groups[g]) for g in setup.group_of_model
@@ -112,10 +158,18 @@ def dev_auc_per_model(config, features, groups, setup, state):
   scores = score_models(
     config, features, setup, state.params, state.batch_stats, clip_lists
   )
+  year = config.data.dcase_year
   return np.asarray(
     [
-      mean_auc(
-        auc_table(features, [clips], [s], lambda clip: clip.label, warn=False)
+      result_tables.headline(
+        year,
+        result_tables.metric_table(
+          year,
+          result_tables.scored_clips(
+            features, [clips], [s], result_tables.own_truth, [None]
+          ),
+          warn=False,
+        ),
       )
       for clips, s in zip(clip_lists, scores)
     ]
@@ -154,11 +208,22 @@ def _threshold_clips(group):
 
 
 def fit_thresholds(
-  config, workdir, features, groups, setup, params, batch_stats, tag
+  config,
+  workdir,
+  features,
+  groups,
+  setup,
+  params,
+  batch_stats,
+  tag,
+  precision=None,
 ):
   """Fits and stores each group's decision threshold for weights `tag`.
 
-  The threshold applies to the seed-ensemble score (the mean over seeds).
+  The threshold applies to the seed-ensemble score (the mean over seeds), of
+  config.score.method (`precision` as score_models takes it). For the
+  Mahalanobis score the gamma is fitted to clip scores, like the MSE's; the
+  baseline fits it to scores of 256-window training batches instead.
 
   Returns:
     {group name: threshold}
@@ -170,13 +235,14 @@ def fit_thresholds(
     params,
     batch_stats,
     [_threshold_clips(g) for g in groups],
+    precision,
   )
   thresholds = {
     g.name: fit_threshold(s.mean(0), config.score.threshold_percentile)
     for g, s in zip(groups, scores)
   }
   stored = workdir_files.read_thresholds(workdir)
-  stored[tag] = {
+  stored[_threshold_key(config, tag)] = {
     "percentile": config.score.threshold_percentile,
     "pooling": config.score.pooling,
     "weights": weights_digest(params, batch_stats),
@@ -199,7 +265,9 @@ def stored_thresholds(config, workdir, tag, params, batch_stats):
   digest; an entry of other weights, or of an older version without a
   digest, is fitted again.
   """
-  entry = workdir_files.read_thresholds(workdir).get(tag)
+  entry = workdir_files.read_thresholds(workdir).get(
+    _threshold_key(config, tag)
+  )
   if (
     entry
     and entry["percentile"] == config.score.threshold_percentile
@@ -208,6 +276,13 @@ def stored_thresholds(config, workdir, tag, params, batch_stats):
   ):
     return entry["thresholds"]
   return None
+
+
+def _threshold_key(config, tag):
+  # The MSE's key is the bare tag, as before there was a choice of score.
+  if config.score.method == "mse":
+    return tag
+  return f"{tag} {config.score.method}"
 
 
 def weights_digest(params, batch_stats):

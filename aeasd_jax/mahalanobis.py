@@ -32,12 +32,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from aeasd_jax import dcase
 from aeasd_jax import scoring
 from aeasd_jax import window_data
 from aeasd_jax.errors import AeasdError
 
 # Order of the domain axis of MahalanobisStats.
-DOMAINS = ("source", "target")
+DOMAINS = dcase.DOMAINS
 # Domain code of a batch slot that holds no window.
 PADDING = -1
 # Each model's batch count is padded to a multiple of this, so training sets

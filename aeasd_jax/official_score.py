@@ -23,13 +23,11 @@ import sys
 import warnings
 
 import numpy as np
-from scipy import stats
 
+from aeasd_jax import dcase
 from aeasd_jax import metrics
 from aeasd_jax.errors import AeasdError
 
-YEARS = range(2020, 2027)
-DOMAINS = ('source', 'target')
 MAX_FPR = 0.1
 # Every evaluator clamps values at sys.float_info.epsilon before
 # scipy.stats.hmean, so a zero (an AUC of 0) gives a tiny mean, not an error.
@@ -44,11 +42,11 @@ def check_year(year):
   if (
     isinstance(year, (bool, np.bool_))
     or not isinstance(year, numbers.Integral)
-    or year not in YEARS
+    or year not in dcase.YEARS
   ):
     raise AeasdError(
       f'config.data.dcase_year: expected a DCASE Task 2 year from '
-      f'{YEARS[0]} to {YEARS[-1]}; got {year!r}.'
+      f'{dcase.YEARS[0]} to {dcase.YEARS[-1]}; got {year!r}.'
     )
   return int(year)
 
@@ -141,7 +139,7 @@ def _domain_masks(year, name, labels, domains):
       f'{name}: expected one domain per clip; got shape {domains.shape} for'
       f' {labels.size} clips.'
     )
-  unknown = ~np.isin(domains, DOMAINS)
+  unknown = ~np.isin(domains, dcase.DOMAINS)
   if unknown.any():
     raise AeasdError(
       f'{name}: expected domains "source" or "target"; got '
@@ -149,7 +147,7 @@ def _domain_masks(year, name, labels, domains):
       f'clip(s), first at index {int(np.argmax(unknown))}.'
     )
   masks = {}
-  for domain in DOMAINS:
+  for domain in dcase.DOMAINS:
     mask = domains == domain
     normal = int(np.sum(mask & ~labels))
     anomalous = int(np.sum(mask & labels))
@@ -221,7 +219,7 @@ def official_score(year, table):
     cells = [
       (t, s, f'{metric}_{d}')
       for t in sorted(table)
-      for d in DOMAINS
+      for d in dcase.DOMAINS
       for s in sorted(table[t])
       for metric in ('auc', 'pauc')
     ]
@@ -233,7 +231,7 @@ def official_score(year, table):
       for t, s in units
     ]
   values = [_value(year, table, *cell) for cell in cells]
-  return float(stats.hmean(np.maximum(values, EPS)))
+  return float(harmonic_mean(values))
 
 
 def _value(year, table, machine_type, section, key):
@@ -244,6 +242,17 @@ def _value(year, table, machine_type, section, key):
       f' expected a finite value from section_metrics({year}, ...).'
     )
   return value
+
+
+def harmonic_mean(values, axis=None):
+  """scipy.stats.hmean of the values clamped at EPS, as the evaluators take it.
+
+  scipy is imported here: its import costs about 0.65 s, which every start of
+  train.py would otherwise pay.
+  """
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+
+  return stats.hmean(np.maximum(values, EPS), axis=axis)
 
 
 def official_score_ci95(year, labels, scores):
@@ -296,6 +305,8 @@ def _jackknife_ci95(labels, scores, max_fpr):
     thetas[i] = metrics.roc_auc_score(labels[keep], scores[keep], max_fpr)
     keep[i] = True
   sigma = np.sqrt(np.sum((thetas - np.mean(thetas)) ** 2) / (n * (n - 1)))
+  from scipy import stats  # pylint: disable=g-import-not-at-top  # Slow.
+
   return np.abs(stats.t.ppf((1 - CONFIDENCE) / 2, n - 1)) * sigma
 
 

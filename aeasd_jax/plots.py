@@ -1,17 +1,43 @@
 """ROC curves and score histograms as PNGs (evaluate.py --plots).
 
-matplotlib is the optional [plot] extra; without it, say so and go on.
+One figure per section (2020: per id), the unit each table row is for: its
+ROC curves, titled with the very AUC the table prints, and its score
+histogram with the decision threshold. matplotlib is the optional [plot]
+extra; without it, say so and go on.
 """
 
 import numpy as np
 
+from aeasd_jax import dcase
 from aeasd_jax import metrics
+from aeasd_jax import result_tables
 from aeasd_jax import workdir_files
 from aeasd_jax.errors import AeasdError
 
 
-def write(folder, features, groups, clip_lists, scores_per_group):
-  """One ROC and one normal-vs-anomaly histogram PNG per machine type."""
+def roc_curves(year, unit):
+  """[(label, metric key, clip mask)] of a section's curves.
+
+  The masks are the clips each of the table's AUCs is computed on: all of
+  them in 2020; each domain's in 2021; from 2022 each domain's normal clips
+  and every anomalous clip (official_score.section_metrics).
+  """
+  labels = np.array([r.label for r in unit]) == 1
+  if year == 2020:
+    return [("all clips", "auc", np.ones(len(unit), bool))]
+  domains = np.array([r.domain for r in unit])
+  return [
+    (
+      domain,
+      f"auc_{domain}",
+      domains == domain if year == 2021 else (domains == domain) | labels,
+    )
+    for domain in dcase.DOMAINS
+  ]
+
+
+def write(folder, year, rows, table):
+  """One PNG per (type, section): ROC curves and the score histogram."""
   try:
     import matplotlib  # pylint: disable=g-import-not-at-top
 
@@ -21,30 +47,36 @@ def write(folder, features, groups, clip_lists, scores_per_group):
     raise AeasdError(
       "--plots needs matplotlib: pip install -e .[plot]"
     ) from None
-  by_type = {}
-  for clips, scores in zip(clip_lists, scores_per_group):
-    for c, s in zip(clips, scores):
-      clip = features.clips[c]
-      by_type.setdefault(clip.machine_type, []).append((clip.label, s))
-  for machine_type, pairs in sorted(by_type.items()):
-    labels, scores = np.asarray(pairs).T
-    fpr, tpr, _ = metrics.roc_curve(labels, scores)
+  for (machine_type, section), unit in result_tables.by_section(rows).items():
+    labels = np.array([r.label for r in unit])
+    scores = np.array([r.score for r in unit])
     fig, (roc, hist) = plt.subplots(1, 2, figsize=(10, 4))
-    roc.plot(fpr, tpr)
+    for name, key, mask in roc_curves(year, unit):
+      value = table[machine_type][section][key]
+      if np.isnan(value):
+        continue  # An id of one label has no curve (the table says nan).
+      fpr, tpr, _ = metrics.roc_curve(labels[mask], scores[mask])
+      roc.plot(fpr, tpr, label=f"{name}: AUC {value * 100:.2f}")
     roc.plot([0, 1], [0, 1], "k:")
     roc.set(
       xlabel="false positive rate",
       ylabel="true positive rate",
-      title=f"{machine_type}: AUC {metrics.roc_auc_score(labels, scores):.3f}",
+      title=f"{machine_type} {section}",
     )
+    roc.legend(loc="lower right")
     bins = np.linspace(scores.min(), scores.max(), 40)
     hist.hist(scores[labels == 0], bins, alpha=0.6, label="normal")
     hist.hist(scores[labels == 1], bins, alpha=0.6, label="anomaly")
-    hist.set(xlabel="anomaly score", ylabel="clips", title=machine_type)
+    threshold = unit[0].threshold
+    if np.isfinite(threshold):
+      hist.axvline(threshold, color="k", linestyle="--", label="threshold")
+    hist.set(
+      xlabel="anomaly score", ylabel="clips", title=f"{machine_type} {section}"
+    )
     hist.legend()
     fig.tight_layout()
     with workdir_files.atomic_open(
-      folder / f"plot_{machine_type}.png", "wb"
+      folder / f"plot_{machine_type}_{section}.png", "wb"
     ) as f:
       fig.savefig(f, format="png")
     plt.close(fig)

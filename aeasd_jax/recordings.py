@@ -4,6 +4,7 @@ Each file gets a score, its group's threshold and a decision, or its own
 error; printed one line a file, with names escaped so none can forge a line.
 """
 
+import functools
 import pathlib
 import re
 
@@ -11,6 +12,7 @@ import numpy as np
 
 from aeasd_jax import audio
 from aeasd_jax import cache
+from aeasd_jax import dataset
 from aeasd_jax import dcase
 from aeasd_jax import evaluation
 from aeasd_jax import features as features_lib
@@ -62,7 +64,13 @@ def _group_of_recording(path, machine_type, group_names):
 
 
 def score_recordings(
-  workdir, path, *, machine_type=None, which="best", data_root=None
+  workdir,
+  path,
+  *,
+  machine_type=None,
+  which="best",
+  data_root=None,
+  score_method=None,
 ):
   """Scores any recordings with a trained run and decides normal or anomaly.
 
@@ -74,12 +82,15 @@ def score_recordings(
     which: the --checkpoint value.
     data_root: where the run's data lies now, needed only to fit thresholds
       that thresholds.json lacks (see evaluation.load_data).
+    score_method: "mse" or "mahalanobis" in place of config.score.method.
 
   Returns:
     One dict per file: path, and score, threshold and anomaly, or error.
   """
   workdir = pathlib.Path(workdir)
-  config = run_identity.load_config(workdir)
+  config = evaluation.with_score_method(
+    run_identity.load_config(workdir), score_method
+  )
   group_names = workdir_files.read_groups(workdir)
   types = sorted({g.split("/")[0] for g in group_names})
   if machine_type is None and len(types) == 1:
@@ -92,13 +103,26 @@ def score_recordings(
   setup, params, batch_stats, tag = workdir_weights.load_weights(
     config, workdir, group_names, which
   )
+  # The dataset is needed only for what the workdir has not stored.
+  load_data = functools.cache(
+    lambda: evaluation.load_data(workdir, config, data_root)
+  )
+  precision = group_scoring.precision_for(
+    config, workdir, load_data, setup, params, batch_stats
+  )
   thresholds = group_scoring.stored_thresholds(
     config, workdir, tag, params, batch_stats
   )
   if thresholds is None:
-    features, groups = evaluation.load_data(workdir, config, data_root)
     thresholds = group_scoring.fit_thresholds(
-      config, workdir, features, groups, setup, params, batch_stats, tag
+      config,
+      workdir,
+      *load_data(),
+      setup,
+      params,
+      batch_stats,
+      tag,
+      precision,
     )
   # One program per bucket of lengths, not one per distinct length.
   log_mel = features_lib.ClipLogMel(dict(config.features))
@@ -113,6 +137,7 @@ def score_recordings(
         sample_rate=config.features.sample_rate,
         resample=config.data.resample,
         min_samples=config.features.n_fft,
+        channel=dataset.audio_channel(config, config.data.dcase_year),
         rate_advice=_rate_advice(config.features.sample_rate),
       )
       mel = log_mel([wave])[0]
@@ -143,7 +168,7 @@ def score_recordings(
       for g in group_names
     ]
     scores = group_scoring.score_groups(
-      config, recordings, setup, params, batch_stats, members
+      config, recordings, setup, params, batch_stats, members, precision
     )
     for name, indices, per_seed in zip(group_names, members, scores):
       for i, score in zip(indices, per_seed.mean(0)):

@@ -196,6 +196,7 @@ def _train_and_evaluate(config, workdir, resuming):
   """The run; it writes to the workdir only once every check has passed."""
   timer = metric_log.PhaseTimer()
   with timer.phase("features"):
+    config = dataset.resolve_year_and_channel(config)
     features, groups = dataset.load(config)
     check_trainable(config, features, groups)
     if resuming:
@@ -295,6 +296,18 @@ def _train_and_evaluate(config, workdir, resuming):
   best = trainer_lib.local_copy(state.best)
   _warn_unselected(config, setup, groups, best)
   with timer.phase("thresholds"):
+    precision = None
+    # The 2023+ baseline's covariance pass after the last epoch, stored for
+    # evaluate.py --score=mahalanobis; other years fit it when asked.
+    if config.score.method == "mahalanobis" or config.data.dcase_year >= 2023:
+      precision = group_scoring.mahalanobis_precision(
+        config,
+        workdir,
+        lambda: (features, groups),
+        setup,
+        best.params,
+        best.batch_stats,
+      )
     group_scoring.fit_thresholds(
       config,
       workdir,
@@ -304,6 +317,7 @@ def _train_and_evaluate(config, workdir, resuming):
       best.params,
       best.batch_stats,
       f"best@{int(state.epoch)}",
+      precision if config.score.method == "mahalanobis" else None,
     )
   writer.write(
     {

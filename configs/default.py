@@ -30,7 +30,22 @@ def get_config():
   config.data.eval_dir = "eval_data"  # AE-ASD: "eval_dataset".
   config.data.machine_types = ()  # Empty: every type folder under dev_dir.
   config.data.use_eval_train = True  # DCASE's additional training data.
-  config.data.group_by = "type"  # "type" or "type_id": one model per group.
+  # The DCASE Task 2 year (2020-2026) whose file names, result files and
+  # official score apply; None tells it from the dev training clips' names:
+  # 2020 (ids), 2021 (source_test/ and target_test/ folders) or 2022, which
+  # stands for 2022-2026: they name and score clips alike.
+  config.data.dcase_year = config_dict.placeholder(int)
+  # Of multi-channel clips: "mean", or a channel index such as "0". Empty:
+  # the year's baseline's choice, channel 0 of 2026's near and far
+  # microphones, else the mean.
+  config.data.channel = ""
+  # DCASE 2025 on: each type's supplemental/ clips, which the official
+  # baseline leaves out, are training clips too.
+  config.data.use_supplemental = False
+  # One model per group: "type" (as the baselines; a type's sections and
+  # domains share it) or "type_section" (per section; per id in 2020, whose
+  # name for it, "type_id", is accepted too).
+  config.data.group_by = "type"
   # Empty: $XDG_CACHE_HOME/aeasd_jax (or ~/.cache/aeasd_jax).
   config.data.cache_dir = ""
   config.data.resample = False  # Resample other rates instead of refusing.
@@ -47,6 +62,9 @@ def get_config():
 
   # The bundled dataset, used when data.root is empty (aeasd_jax/synth.py).
   config.synth = ml_collections.ConfigDict()
+  # 2020: machine ids; 2023: sections, with a few target-domain clips whose
+  # attribute is shifted (python -m aeasd_jax.synth --help).
+  config.synth.year = 2020
   config.synth.seed = 0
   config.synth.clips_per_id = synth.DEFAULT_CLIPS_PER_ID
   config.synth.seconds = synth.DEFAULT_SECONDS
@@ -120,6 +138,10 @@ def get_config():
   config.train.pallas_interpret = False
 
   config.score = ml_collections.ConfigDict()
+  # "mse", or "mahalanobis": the 2023+ baseline's selective Mahalanobis
+  # distance of the residual, the smaller of its source and target ones
+  # (evaluate.py --score picks it for one evaluation).
+  config.score.method = "mse"
   config.score.pooling = "mean"  # "mean", "max" or "gwrp" (AE-ASD's option).
   config.score.gwrp_decay = 0.99
   config.score.threshold_percentile = 90.0  # Of a gamma fit to normal scores.

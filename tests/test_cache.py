@@ -70,7 +70,7 @@ def _clips(tmp_path, seconds=(0.5, 0.5, 0.5)):
 
 def _key(clips, resample=False, params=None):
   return cache.cache_key(
-    clips, params or FEATURES, {"resample": bool(resample)}
+    clips, params or FEATURES, {"resample": bool(resample), "channel": "mean"}
   )
 
 
@@ -329,7 +329,7 @@ def test_digests_are_of_each_kept_file_in_clip_order(tmp_path, monkeypatch):
   assert fc.digests == expected
   assert all(len(d) == 64 for d in expected)
   index = json.loads((fc.directory / cache.INDEX_FILE).read_text())
-  assert index["version"] == cache.FORMAT_VERSION == 2
+  assert index["version"] == cache.FORMAT_VERSION == 3
   assert fc.directory.name.startswith(index["lineage"] + "-")
   monkeypatch.setattr(cache_compute, "compute_frames", _no_rebuild)
   again = cache.build_or_load(

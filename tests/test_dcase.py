@@ -52,10 +52,10 @@ def _relative(clips, root):
     (
       os.path.relpath(c.path, root).split(os.sep)[1:],
       c.machine_type,
-      c.machine_id,
+      c.section,
       c.label,
       c.split,
-      c.section,
+      c.subset,
     )
     for c in clips
   ]
@@ -75,22 +75,22 @@ def test_discover_tiny_root(tiny_root):
     assert clip.machine_type == path.parent.parent.name
     assert (
       path.parent.parent.parent.name
-      == {"dev": "dev_data", "eval": "eval_data"}[clip.section]
+      == {"dev": "dev_data", "eval": "eval_data"}[clip.subset]
     )
-    assert re.fullmatch(r"id_\d\d", clip.machine_id)
-    assert clip.machine_id in clip.name
+    assert re.fullmatch(r"id_\d\d", clip.section)
+    assert clip.section in clip.name
     if clip.name.startswith("normal_"):
       assert clip.label == 0
     elif clip.name.startswith("anomaly_"):
       assert clip.label == 1
     else:
       assert re.fullmatch(r"id_\d\d_\d{8}\.wav", clip.name)
-      assert (clip.section, clip.split) == ("eval", "test")
+      assert (clip.subset, clip.split) == ("eval", "test")
       assert clip.label == dcase.UNLABELLED
   # Every type has each section/split, and labels only where they belong.
   seen = collections.defaultdict(set)
   for c in clips:
-    seen[c.machine_type].add((c.section, c.split, c.label))
+    seen[c.machine_type].add((c.subset, c.split, c.label))
   for machine_type in synth.MACHINE_TYPES:
     assert seen[machine_type] == {
       ("dev", "train", 0),
@@ -99,7 +99,7 @@ def test_discover_tiny_root(tiny_root):
       ("eval", "train", 0),
       ("eval", "test", dcase.UNLABELLED),
     }
-  ids = {(c.section, c.machine_id) for c in clips}
+  ids = {(c.subset, c.section) for c in clips}
   assert ids == (
     {("dev", f"id_{i:02d}") for i in synth.DEV_IDS}
     | {("eval", f"id_{i:02d}") for i in synth.EVAL_IDS}
@@ -111,7 +111,7 @@ def test_discover_order_is_sorted(tiny_root):
   section_rank = {"dev": 0, "eval": 1}
   split_rank = {"train": 0, "test": 1}
   keys = [
-    (section_rank[c.section], c.machine_type, split_rank[c.split], c.name)
+    (section_rank[c.subset], c.machine_type, split_rank[c.split], c.name)
     for c in clips
   ]
   assert keys == sorted(keys)
@@ -258,7 +258,7 @@ def test_duplicate_ids_across_dev_and_eval(tmp_path):
     dcase.discover(root)
   # The same id under different machine types is no clash.
   valve_only = dcase.discover(root, machine_types=("valve",))
-  assert {(c.section, c.machine_id) for c in valve_only} == {
+  assert {(c.subset, c.section) for c in valve_only} == {
     ("dev", "id_00"),
     ("eval", "id_01"),
   }
@@ -267,7 +267,7 @@ def test_duplicate_ids_across_dev_and_eval(tmp_path):
 def test_eval_folder_absent_gives_dev_only(tmp_path):
   root = _minimal(tmp_path)
   clips = dcase.discover(root)
-  assert [(c.section, c.split, c.label) for c in clips] == [
+  assert [(c.subset, c.split, c.label) for c in clips] == [
     ("dev", "train", 0),
     ("dev", "test", 1),
     ("dev", "test", 0),
@@ -278,8 +278,8 @@ def test_eval_type_absent_is_skipped(tmp_path):
   root = _minimal(tmp_path, "fan", eval_id="01")
   _minimal(root, "valve")  # No eval folder for valve.
   clips = dcase.discover(root)
-  assert {c.machine_type for c in clips if c.section == "eval"} == {"fan"}
-  assert {c.machine_type for c in clips if c.section == "dev"} == {
+  assert {c.machine_type for c in clips if c.subset == "eval"} == {"fan"}
+  assert {c.machine_type for c in clips if c.subset == "dev"} == {
     "fan",
     "valve",
   }
@@ -295,7 +295,7 @@ def test_parse_clip_labelled():
   clip = dcase.parse_clip(
     pathlib.Path("/d/normal_id_1_7.flac"), "pump", "train", "eval"
   )
-  assert (clip.path, clip.machine_id, clip.label) == (
+  assert (clip.path, clip.section, clip.label) == (
     "/d/normal_id_1_7.flac",
     "id_1",
     0,
@@ -305,7 +305,7 @@ def test_parse_clip_labelled():
 
 def test_parse_clip_unlabelled_only_in_eval_test():
   clip = dcase.parse_clip("id_03_00000000.wav", "fan", "test", "eval")
-  assert (clip.machine_id, clip.label) == ("id_03", dcase.UNLABELLED)
+  assert (clip.section, clip.label) == ("id_03", dcase.UNLABELLED)
   # Labelled names are taken at their word even in the eval test set.
   clip = dcase.parse_clip("anomaly_id_03_00000000.wav", "fan", "test", "eval")
   assert clip.label == 1

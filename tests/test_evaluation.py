@@ -60,9 +60,12 @@ def test_result_csv_equals_sklearn_on_the_written_scores(trained):
   table, overall = results.read_result_csv(workdir / "results" / "result.csv")
   assert table.keys() == report["dev"].keys()
   for machine_type, by_id in table.items():
-    for machine_id, (auc, pauc) in by_id.items():
+    for machine_id, m in by_id.items():
+      auc, pauc = m["auc"], m["pauc"]
       scores = results.read_scores(
-        workdir / "results" / results.score_csv_name(machine_type, machine_id)
+        workdir
+        / "results"
+        / results.score_csv_name(2020, machine_type, machine_id)
       )
       names = sorted(scores)
       labels = _labels_from_names(names)
@@ -73,8 +76,13 @@ def test_result_csv_equals_sklearn_on_the_written_scores(trained):
       assert pauc == pytest.approx(
         sk_metrics.roc_auc_score(labels, values, max_fpr=0.1), abs=1e-12
       )
-  per_type = [np.mean(list(b.values()), axis=0) for b in table.values()]
-  np.testing.assert_allclose(overall, np.mean(per_type, axis=0), atol=1e-12)
+  per_type = [
+    np.mean([(m["auc"], m["pauc"]) for m in b.values()], axis=0)
+    for b in table.values()
+  ]
+  np.testing.assert_allclose(
+    [overall["auc"], overall["pauc"]], np.mean(per_type, axis=0), atol=1e-12
+  )
 
 
 def test_evaluation_times_are_recorded(trained):
@@ -102,7 +110,9 @@ def test_score_files_cover_every_test_clip_sorted(trained, tiny_root):
     written = []
     for machine_id in ids:
       path = (
-        workdir / "results" / results.score_csv_name(machine_type, machine_id)
+        workdir
+        / "results"
+        / results.score_csv_name(2020, machine_type, machine_id)
       )
       rows = [r[0] for r in csv.reader(open(path))]
       assert rows == sorted(rows)
@@ -112,7 +122,7 @@ def test_score_files_cover_every_test_clip_sorted(trained, tiny_root):
 
 def test_eval_set_scores_match_the_ground_truth_list(trained, tiny_root):
   _, workdir, report = trained
-  truth = results.read_ground_truth(tiny_root / "eval_data_list.csv")
+  truth = results.read_ground_truth(tiny_root / "eval_data_list.csv", 2020)
   for machine_type, labels in truth.items():
     written = {}
     for path in (workdir / "results" / "eval").glob(
@@ -152,7 +162,7 @@ def test_seed_ensemble_is_the_mean_of_seed_scores(trained):
 def test_real_ground_truth_list_parses():
   if not GROUND_TRUTH.exists():
     pytest.skip("../shared/reference/eval_data_list.csv is not beside the repo")
-  truth = results.read_ground_truth(GROUND_TRUTH)
+  truth = results.read_ground_truth(GROUND_TRUTH, 2020)
   # Eval test normal/anomaly counts from ../shared/reference/ANCHORS.md.
   expected = {
     "ToyCar": (750, 795),
@@ -163,19 +173,25 @@ def test_real_ground_truth_list_parses():
     "valve": (300, 640),
   }
   for machine_type, (normal, anomaly) in expected.items():
-    labels = np.asarray(list(truth[machine_type].values()))
+    labels = np.asarray([label for label, _ in truth[machine_type].values()])
     assert (np.sum(labels == 0), np.sum(labels == 1)) == (normal, anomaly)
 
 
 def test_result_csv_round_trip(tmp_path):
   table = {
-    "fan": {"id_00": (0.75, 0.6), "id_02": (0.5, 0.55)},
-    "valve": {"id_01": (1.0, 1.0)},
+    "fan": {
+      "id_00": {"auc": 0.75, "pauc": 0.6},
+      "id_02": {"auc": 0.5, "pauc": 0.55},
+    },
+    "valve": {"id_01": {"auc": 1.0, "pauc": 1.0}},
   }
-  results.write_result_csv(tmp_path / "r.csv", table)
+  results.write_result_csv(tmp_path / "r.csv", 2020, table)
   read, overall = results.read_result_csv(tmp_path / "r.csv")
   assert read == table
-  np.testing.assert_allclose(overall, [(0.625 + 1.0) / 2, (0.575 + 1.0) / 2])
+  np.testing.assert_allclose(
+    [overall["auc"], overall["pauc"]],
+    [(0.625 + 1.0) / 2, (0.575 + 1.0) / 2],
+  )
 
 
 @pytest.mark.numerics
@@ -310,15 +326,17 @@ def test_checkpoint_choice_errors(trained):
 
 
 def test_plots_are_written_or_need_the_plot_extra(trained):
-  _, workdir, _ = trained
+  _, workdir, report = trained
   if importlib.util.find_spec("matplotlib") is None:
     with pytest.raises(AeasdError, match=r"pip install -e \.\[plot\]"):
       evaluation.evaluate(workdir, plots=True)
     return
   evaluation.evaluate(workdir, plots=True)
-  for machine_type in ("fan", "slider", "valve"):
-    png = workdir / "results" / f"plot_{machine_type}.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  # One per id, the unit each table row is for.
+  for machine_type, by_id in report["dev"].items():
+    for machine_id in by_id:
+      png = workdir / "results" / f"plot_{machine_type}_{machine_id}.png"
+      assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_checkpoint_of_another_config_is_refused(trained, tmp_path):

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from aeasd_jax import dcase
 from aeasd_jax import official_score
 from aeasd_jax.errors import AeasdError
 
 sk = pytest.importorskip('sklearn.metrics')
 
-YEARS = tuple(official_score.YEARS)
+YEARS = dcase.YEARS
 DOMAIN_YEARS = YEARS[1:]
 # Unsorted, mixed case: the evaluators sort names, and 'ToyCar' < 'bearing'.
 TYPES = ('fan', 'ToyCar', 'bearing')

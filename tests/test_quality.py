@@ -37,7 +37,7 @@ def tables(tmp_path_factory):
     train.train_and_evaluate(config, base / name)
     report = evaluation.evaluate(base / name)
     result[name] = {
-      t: np.mean([auc for auc, _ in by_id.values()])
+      t: np.mean([m["auc"] for m in by_id.values()])
       for t, by_id in report["dev"].items()
     }
   return result

@@ -284,7 +284,7 @@ def test_dev_auc_selection_keeps_the_weights_of_the_best_auc(
   names = list(records[0]["dev_auc"])
   for name, best_auc in zip(names, aucs.max(axis=0)):
     by_id = report["dev"][name.split("/")[0]]
-    assert np.mean([auc for auc, _ in by_id.values()]) == pytest.approx(
+    assert np.mean([m["auc"] for m in by_id.values()]) == pytest.approx(
       best_auc, abs=1e-9
     )
 
