@@ -12,6 +12,7 @@ import pytest
 import soundfile
 
 from aeasd_jax import audio
+from aeasd_jax import dataset
 from aeasd_jax import dcase
 from aeasd_jax.errors import AeasdError
 
@@ -293,3 +294,49 @@ def test_attribute_lists_fill_what_names_hide(tmp_path):
   (root / "dev_data/raw/gearbox/attributes_00.csv").write_text("name,x\n")
   with pytest.raises(AeasdError, match="attributes_00.csv.*file_name,d1p"):
     dcase.discover(root, year=2024)
+
+
+def test_a_sections_domains_share_its_model(tmp_path):
+  root = _tree(
+    tmp_path,
+    [
+      "dev_data/fan/train/section_00_source_train_normal_0000_.wav",
+      "dev_data/fan/train/section_00_target_train_normal_0000_.wav",
+      "dev_data/fan/train/section_01_source_train_normal_0000_.wav",
+      "dev_data/fan/test/section_00_target_test_anomaly_0000_.wav",
+      "dev_data/fan/test/section_01_source_test_normal_0000_.wav",
+    ],
+  )
+  clips = dcase.discover(root, year=2023)
+  for group_by, names in (
+    ("type", ["fan"]),
+    ("type_section", ["fan/section_00", "fan/section_01"]),
+  ):
+    groups = dataset.make_groups(
+      clips,
+      group_by=group_by,
+      use_eval_train=True,
+      validation_split=0.0,
+      seed=0,
+    )
+    assert [g.name for g in groups] == names
+    for group in groups:
+      sections = {
+        clips[c].section for c in (*group.train_clips, *group.test_clips)
+      }
+      assert sections == (
+        {"section_00", "section_01"}
+        if group_by == "type"
+        else {group.name.split("/")[1]}
+      )
+  by_section = dict(
+    (g.name, {clips[c].domain for c in g.train_clips})
+    for g in dataset.make_groups(
+      clips,
+      group_by="type_section",
+      use_eval_train=True,
+      validation_split=0.0,
+      seed=0,
+    )
+  )
+  assert by_section["fan/section_00"] == {"source", "target"}
