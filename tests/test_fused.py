@@ -231,6 +231,48 @@ def test_the_comparison_rejects_a_wrong_block(
     _compare_one_step(tiny_config, kernels)
 
 
+def _compare_bfloat16_gradients(config, kernels):
+  """Asserts the loss and gradients agree with XLA's in bfloat16 compute.
+
+  Both paths round each block's matmul inputs to bfloat16 and sum in float32,
+  but at other places and in other orders, so an input of the next block can
+  land one bfloat16 ulp (2**-8 relative) apart wherever the float32 values
+  straddle a rounding boundary. BatchNorm keeps each block's gain near 1, so
+  such a difference grows by at most one ulp per block forward and again per
+  block backward: 2 * blocks * 2**-8 of each tree's largest value.
+  """
+  config.model.compute_dtype = "bfloat16"
+  setup = _setup(config, kernels)
+  params, batch_stats, _ = _one_model(setup)
+  window, key = _window().astype(jnp.float32), jax.random.key(0)
+  blocks = 2 * config.model.depth + 1
+  tolerance = 2 * blocks * 2.0**-8
+  xla_value, xla_grads = jax.jit(
+    jax.value_and_grad(
+      lambda p: steps.loss(setup, p, batch_stats, window, key)[0]
+    )
+  )(params)
+  value, grads = jax.jit(
+    jax.value_and_grad(lambda p: fused.loss(setup, p, batch_stats, window)[0])
+  )(params)
+  np.testing.assert_allclose(value, xla_value, rtol=tolerance)
+  scale = max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(xla_grads))
+  for x, y in zip(jax.tree.leaves(xla_grads), jax.tree.leaves(grads)):
+    assert x.dtype == y.dtype == np.float32  # Parameters stay float32.
+    np.testing.assert_allclose(y, x, rtol=0, atol=tolerance * scale)
+
+
+@pytest.mark.parametrize("kernels", ["jax_fused", "pallas"])
+def test_bfloat16_fused_gradients_follow_xla(tiny_config, monkeypatch, kernels):
+  if kernels == "pallas":
+    _pallas(tiny_config, monkeypatch)
+  _compare_bfloat16_gradients(tiny_config, kernels)
+  # The bound is loose enough for rounding, not for a wrong backward.
+  monkeypatch.setattr(*MUTANTS[kernels, "no ReLU mask"])
+  with pytest.raises(AssertionError):
+    _compare_bfloat16_gradients(tiny_config, kernels)
+
+
 @pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("active", [True, False])
 def test_flat_adam_equals_optax_adam(active):
