@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+from benchmarks import fused_table
+
 BENCHMARKS = pathlib.Path(__file__).parents[1] / "benchmarks"
 
 
@@ -77,6 +79,17 @@ def test_train_speed_reports_sane_records(tmp_path):
   assert records[1]["trainable_params_per_model"] == 185_496
   # Each group trains on 4 clips x 309 windows, in whole batches.
   assert records[1]["samples_per_epoch"] == 4 * (4 * 309 // 256) * 256
+  # The fused-step table the GPU session prints reads these very files.
+  table = _run("fused_table.py", str(out), "--markdown")
+  assert table.returncode == 0, table.stderr
+  assert (
+    sum(
+      line.startswith(("| AE", "| IDNN")) for line in table.stdout.splitlines()
+    )
+    == 2
+  )
+  for row in fused_table.rows(records):
+    assert row["kernels"] == "xla" and row["x xla"] == 1.0
 
 
 def test_feature_speed_prints_clips_per_second(tmp_path):
