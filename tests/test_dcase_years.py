@@ -15,6 +15,7 @@ from aeasd_jax import audio
 from aeasd_jax import dataset
 from aeasd_jax import dcase
 from aeasd_jax.errors import AeasdError
+from configs import default
 
 
 def _tree(root, files):
@@ -340,3 +341,55 @@ def test_a_sections_domains_share_its_model(tmp_path):
     )
   )
   assert by_section["fan/section_00"] == {"source", "target"}
+
+
+def _write_clips(root, stereo):
+  """A tiny 2025/2026-style root: channel 0 of each stereo clip is the mono
+  clip of the same name."""
+  rng = np.random.default_rng(1)
+  names = [
+    "train/section_00_source_train_normal_0000_.wav",
+    "train/section_00_source_train_normal_0001_.wav",
+    "train/section_00_target_train_normal_0000_.wav",
+    "test/section_00_source_test_normal_0000_.wav",
+    "test/section_00_source_test_anomaly_0000_.wav",
+    "test/section_00_target_test_normal_0000_.wav",
+    "test/section_00_target_test_anomaly_0000_.wav",
+  ]
+  for name in names:
+    near = rng.uniform(-0.5, 0.5, 8000)
+    far = rng.uniform(-0.1, 0.1, 8000)
+    path = root / "dev_data/raw/fan" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    samples = np.stack([near, far], 1) if stereo else near
+    soundfile.write(path, samples, 16000, subtype="FLOAT")
+  return root
+
+
+def test_2026_takes_channel_0_of_stereo_clips(tmp_path):
+  configs = {}
+  for name, stereo, year in (("mono", False, 2025), ("stereo", True, 2026)):
+    config = default.get_config()
+    config.data.root = str(_write_clips(tmp_path / name, stereo))
+    config.data.cache_dir = str(tmp_path / "cache")
+    config.data.dcase_year = year
+    config.compile_cache_dir = "off"
+    configs[name] = config
+  mono, mono_groups = dataset.load(configs["mono"], show_progress=False)
+  stereo, _ = dataset.load(configs["stereo"], show_progress=False)
+  # The 2026 baseline's channel 0 is the near microphone alone.
+  np.testing.assert_array_equal(stereo.frames, mono.frames)
+  assert dataset.audio_channel(configs["stereo"], 2026) == "0"
+  configs["stereo"].data.channel = "mean"
+  mixed, _ = dataset.load(configs["stereo"], show_progress=False)
+  assert not np.array_equal(mixed.frames, mono.frames)
+  # Another channel of the same files is other training data.
+  fingerprints = set()
+  for channel, features in (("0", stereo), ("mean", mixed)):
+    configs["stereo"].data.channel = channel
+    fingerprints.add(
+      dataset.data_identity(configs["stereo"], features, mono_groups)[
+        "fingerprint"
+      ]
+    )
+  assert len(fingerprints) == 2
