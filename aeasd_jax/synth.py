@@ -22,19 +22,17 @@ format of the official evaluator, nttcslab/dcase2023_task2_evaluator: rows
 """
 
 import errno
-import io
 import pathlib
 import shutil
 import sys
 import uuid
-import zlib
 
 from absl import app
 from absl import flags
-import numpy as np
-import soundfile
 
 from aeasd_jax import machine_sounds
+from aeasd_jax import synth_clips
+from aeasd_jax import synth_sections
 from aeasd_jax.errors import AeasdError
 
 # Even ids go to the development set and odd ids to the evaluation set, as in
@@ -50,38 +48,7 @@ DEFAULT_SECONDS = 2.0
 DEFAULT_SAMPLE_RATE = 16000
 MACHINE_TYPES = tuple(machine_sounds.MACHINES)
 
-# MIMII mixed in factory noise at 6, 0 and -6 dB SNR; these are milder so
-# that a small model trained on a few thousand vectors still separates the
-# classes.
-_SNRS_DB = (12.0, 6.0, 0.0)
-# Every clip peaks at -6 dBFS, far enough from full scale that rounding to
-# 16 bits cannot clip.
-_PEAK = 0.5
 _MIN_SECONDS = 0.5
-# A random stream's key after the machine id: a clip's split, or the shuffle
-# of the eval test files.
-_TRAIN, _TEST, _SHUFFLE = range(3)
-_SPLITS = ('train', 'test')
-_LABELS = ('normal', 'anomaly')
-
-# The 2023 layout has one machine per type and set; the eval machines are
-# other ones than the dev machines, as DCASE's eval types are. DCASE 2023 on
-# tells them apart by type; with the same types here, the eval machine has a
-# section of its own, as in DCASE 2022 (dev sections 00-02, eval 03-05).
-DEV_ID_2023 = DEV_IDS[0]
-EVAL_ID_2023 = EVAL_IDS[0]
-SECTIONS = {'dev_data': 'section_00', 'eval_data': 'section_01'}
-DOMAINS = ('source', 'target')
-# Per type, the attribute that the target domain shifts: its key in the file
-# names and its source and target values. The machine runs at value / source
-# value times its design speed: a target fan hums a third higher, a target
-# valve's clicks come 20% further apart and a target slider strokes a quarter
-# faster, so that a model trained mostly on source clips meets a domain shift.
-DOMAIN_SHIFTS = {
-  'fan': ('vel', 6, 8),
-  'valve': ('rate', 6, 5),
-  'slider': ('spd', 4, 5),
-}
 
 
 class OutDirExistsError(AeasdError, FileExistsError):
@@ -90,52 +57,6 @@ class OutDirExistsError(AeasdError, FileExistsError):
   A FileExistsError too, so that callers racing to create the same data set
   can tell that another one won.
   """
-
-
-def _stream(seed, machine_type, machine_id, *key):
-  """A random generator of its own for every clip and every shuffle."""
-  # A clip thus does not depend on how many others are generated, and the
-  # CRC, unlike hash(), is the same in every process.
-  return np.random.default_rng(
-    [seed, zlib.crc32(machine_type.encode()), machine_id, *key]
-  )
-
-
-def _speed(machine_type, domain):
-  """How fast a machine runs in `domain` (None: the 2020 layout's machines)."""
-  if domain is None:
-    return 1.0
-  _, *values = DOMAIN_SHIFTS[machine_type]
-  return values[domain] / values[0]
-
-
-def _clip(
-  seed, machine_type, machine_id, split, label, index, n, sample_rate, domain
-):
-  """The int16 samples of one clip; the arguments are its whole identity.
-
-  `domain` indexes DOMAINS, or is None in the 2020 layout, which has none and
-  whose clips keep the random streams they always had.
-  """
-  key = (split, label, index) + (() if domain is None else (domain,))
-  rng = _stream(seed, machine_type, machine_id, *key)
-  kinds = machine_sounds.ANOMALIES[machine_type]
-  anomaly = kinds[index % len(kinds)] if label else None
-  machine = machine_sounds.MACHINES[machine_type](
-    rng, n, sample_rate, machine_id, anomaly, _speed(machine_type, domain)
-  )
-  snr = _SNRS_DB[rng.integers(len(_SNRS_DB))]
-  background = machine_sounds.coloured_noise(
-    rng, n, sample_rate, rng.uniform(0.8, 1.6)
-  )
-  # Distant activity makes the room level drift slowly.
-  t = np.arange(n) / sample_rate
-  background *= 1.0 + 0.2 * np.sin(
-    2.0 * np.pi * rng.uniform(0.1, 0.5) * t + rng.uniform(0.0, 2.0 * np.pi)
-  )
-  mix = machine + 10.0 ** (-snr / 20.0) * background
-  mix *= _PEAK / np.max(np.abs(mix))
-  return np.round(mix * 32767.0).astype(np.int16)
 
 
 def _check(year, seed, clips_per_id, seconds, sample_rate, machine_types):
@@ -165,42 +86,10 @@ def _check(year, seed, clips_per_id, seconds, sample_rate, machine_types):
     )
 
 
-def _writer(seed, machine_type, n, sample_rate):
-  """A function that writes one clip of `machine_type` to a path."""
-
-  def write(path, machine_id, split, label, index, domain=None):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    samples = _clip(
-      seed,
-      machine_type,
-      machine_id,
-      split,
-      label,
-      index,
-      n,
-      sample_rate,
-      domain,
-    )
-    # Encoding in memory skips the fsync that soundfile does on closing a
-    # file, which would otherwise take most of the run.
-    buffer = io.BytesIO()
-    soundfile.write(
-      buffer, samples, sample_rate, format='WAV', subtype='PCM_16'
-    )
-    path.write_bytes(buffer.getvalue())
-
-  return write
-
-
-def _write_csv(path, rows):
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(''.join(','.join(map(str, row)) + '\n' for row in rows))
-
-
 def _write_type(root, machine_type, seed, clips_per_id, n, sample_rate):
   """Writes one machine type and returns its eval_data_list.csv rows."""
   tests = max(2, clips_per_id // 4)
-  write = _writer(seed, machine_type, n, sample_rate)
+  write = synth_clips.writer(seed, machine_type, n, sample_rate)
 
   dev = root / 'dev_data' / machine_type
   for machine_id in DEV_IDS:
@@ -208,7 +97,7 @@ def _write_type(root, machine_type, seed, clips_per_id, n, sample_rate):
       write(
         dev / 'train' / f'normal_id_{machine_id:02d}_{index:08d}.wav',
         machine_id,
-        _TRAIN,
+        synth_clips.TRAIN,
         0,
         index,
       )
@@ -217,7 +106,7 @@ def _write_type(root, machine_type, seed, clips_per_id, n, sample_rate):
         write(
           dev / 'test' / f'{name}_id_{machine_id:02d}_{index:08d}.wav',
           machine_id,
-          _TEST,
+          synth_clips.TEST,
           label,
           index,
         )
@@ -229,19 +118,21 @@ def _write_type(root, machine_type, seed, clips_per_id, n, sample_rate):
       write(
         ev / 'train' / f'normal_id_{machine_id:02d}_{index:08d}.wav',
         machine_id,
-        _TRAIN,
+        synth_clips.TRAIN,
         0,
         index,
       )
     originals = [(label, index) for label in (0, 1) for index in range(tests)]
-    order = _stream(seed, machine_type, machine_id, _SHUFFLE).permutation(
-      len(originals)
-    )
+    order = synth_clips.stream(
+      seed, machine_type, machine_id, synth_clips.SHUFFLE
+    ).permutation(len(originals))
     for number, pick in enumerate(order):
       label, index = originals[pick]
       name = f'id_{machine_id:02d}_{number:08d}.wav'
-      original = f'{_LABELS[label]}_id_{machine_id:02d}_{index:08d}.wav'
-      write(ev / 'test' / name, machine_id, _TEST, label, index)
+      original = (
+        f'{synth_clips.LABELS[label]}_id_{machine_id:02d}_{index:08d}.wav'
+      )
+      write(ev / 'test' / name, machine_id, synth_clips.TEST, label, index)
       rows.append([name, original, str(label)])
   return rows
 
@@ -250,100 +141,11 @@ def _write_2020(root, machine_types, seed, clips_per_id, n, sample_rate):
   rows = []
   for machine_type in machine_types:
     rows += _write_type(root, machine_type, seed, clips_per_id, n, sample_rate)
-  _write_csv(root / 'eval_data_list.csv', rows)
-
-
-def _name_2023(machine_type, section, domain, split, label, index):
-  """The file name of a labelled clip in the 2023 layout.
-
-  `domain`, `split` and `label` index DOMAINS, ('train', 'test') and
-  ('normal', 'anomaly').
-  """
-  key, *values = DOMAIN_SHIFTS[machine_type]
-  return (
-    f'{section}_{DOMAINS[domain]}_{_SPLITS[split]}_{_LABELS[label]}_'
-    f'{index:04d}_{key}_{values[domain]}.wav'
-  )
-
-
-def _write_type_2023(root, machine_type, seed, clips_per_id, n, sample_rate):
-  """Writes one machine type in the 2023 layout, eval ground truth included."""
-  write = _writer(seed, machine_type, n, sample_rate)
-  key, *values = DOMAIN_SHIFTS[machine_type]
-  # DCASE 2023 has 990 source and 10 target training clips per type, so that
-  # the target domain must be learnt from a few.
-  trains = (clips_per_id, max(2, clips_per_id // 8))
-  tests = max(2, clips_per_id // 4)
-  originals = [
-    (domain, label, index)
-    for domain in range(len(DOMAINS))
-    for label in range(len(_LABELS))
-    for index in range(tests)
-  ]
-  truth = {'data': [], 'domain': [], 'attributes': []}
-  for subset, machine_id in (
-    ('dev_data', DEV_ID_2023),
-    ('eval_data', EVAL_ID_2023),
-  ):
-    folder = root / subset / 'raw' / machine_type
-    section = SECTIONS[subset]
-    labelled = [
-      (domain, _TRAIN, 0, index)
-      for domain, count in enumerate(trains)
-      for index in range(count)
-    ]
-    if subset == 'dev_data':
-      labelled += [
-        (domain, _TEST, label, index) for domain, label, index in originals
-      ]
-    else:
-      order = _stream(seed, machine_type, machine_id, _SHUFFLE).permutation(
-        len(originals)
-      )
-      for number, pick in enumerate(order):
-        domain, label, index = originals[pick]
-        blind = f'{section}_{number:04d}.wav'
-        write(folder / 'test' / blind, machine_id, _TEST, label, index, domain)
-        original = _name_2023(
-          machine_type, section, domain, _TEST, label, index
-        )
-        truth['data'].append([blind, label])
-        truth['domain'].append([blind, domain])
-        # The evaluator adds the .wav back.
-        truth['attributes'].append([blind, original.removesuffix('.wav')])
-    # file_name is relative to the folder above the type's, as readers of
-    # the official files expect (the baselines do not read them). The blind
-    # eval test clips are left out: their attributes are the secret.
-    attributes = [['file_name', 'd1p', 'd1v']]
-    for domain, split, label, index in labelled:
-      name = _name_2023(machine_type, section, domain, split, label, index)
-      write(
-        folder / _SPLITS[split] / name, machine_id, split, label, index, domain
-      )
-      attributes.append(
-        [f'{machine_type}/{_SPLITS[split]}/{name}', key, values[domain]]
-      )
-    _write_csv(
-      folder / f'attributes_{section.removeprefix("section_")}.csv',
-      attributes,
-    )
-  for kind, rows in truth.items():
-    _write_csv(
-      root
-      / 'ground_truth'
-      / f'ground_truth_{kind}'
-      / f'ground_truth_{machine_type}_{SECTIONS["eval_data"]}_test.csv',
-      rows,
-    )
-
-
-def _write_2023(root, machine_types, seed, clips_per_id, n, sample_rate):
-  for machine_type in machine_types:
-    _write_type_2023(root, machine_type, seed, clips_per_id, n, sample_rate)
+  synth_clips.write_csv(root / 'eval_data_list.csv', rows)
 
 
 # How generate() fills its staging folder, per year of the layout.
-_LAYOUTS = {2020: _write_2020, 2023: _write_2023}
+_LAYOUTS = {2020: _write_2020, 2023: synth_sections.write}
 YEARS = tuple(_LAYOUTS)
 
 
