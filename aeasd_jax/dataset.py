@@ -164,7 +164,10 @@ def load(config, *, show_progress=True):
   if not config.data.use_supplemental:
     for folder in dcase.supplemental_folders(
       root,
-      types or dcase.machine_types_in(root, config.data.dev_dir),
+      types
+      or dcase.all_machine_types(
+        root, config.data.dev_dir, config.data.eval_dir
+      ),
       config.data.dev_dir,
       config.data.eval_dir,
     ):

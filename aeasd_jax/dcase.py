@@ -200,6 +200,20 @@ def machine_types_in(root, dev_dir="dev_data"):
   return types
 
 
+def all_machine_types(root, dev_dir="dev_data", eval_dir="eval_data"):
+  """The types of the dev folder and of the eval folder, sorted.
+
+  From 2023 the eval set holds other machine types than the dev set (their
+  training clips are in eval_data/<type>/train); in 2020-2022 both hold the
+  same.
+  """
+  types = set(machine_types_in(root, dev_dir))
+  base = type_folders(root, eval_dir)
+  if base is not None:
+    types |= {p.name for p in base.iterdir() if p.is_dir()}
+  return sorted(types)
+
+
 def detect_year(root, dev_dir="dev_data"):
   """The DCASE year whose names the dev training clips follow, or None.
 
@@ -246,9 +260,10 @@ def discover(
 ):
   """Lists every clip of the given machine types (all types when empty).
 
-  The dev folder must hold train and test clips for each type. The eval folder
-  is optional: its train clips are DCASE's additional training data and its
-  test clips are unlabelled unless a ground truth labels them later.
+  The dev folder must hold train and test clips for each of its types. The
+  eval folder is optional: its train clips are DCASE's additional training
+  data (from 2023, of its own machine types) and its test clips are
+  unlabelled unless a ground truth labels them later.
 
   Args:
     root: the dataset folder.
@@ -264,7 +279,8 @@ def discover(
   root = pathlib.Path(root)
   if not root.is_dir():
     raise AeasdError(f"data root {root} does not exist or is not a folder")
-  found = machine_types_in(root, dev_dir)
+  found = all_machine_types(root, dev_dir, eval_dir)
+  dev_types = machine_types_in(root, dev_dir)
   # Sorted and deduplicated: a type named twice would list its clips twice.
   types = sorted(set(machine_types)) or found
   missing = sorted(set(types) - set(found))
@@ -278,6 +294,9 @@ def discover(
     base = type_folders(root, subset_dir)
     for machine_type in types:
       type_folder = base / machine_type if base else None
+      # A type of one set only (the eval set's own types from 2023).
+      if subset == "dev" and machine_type not in dev_types:
+        continue
       if subset == "eval" and (not type_folder or not type_folder.is_dir()):
         continue
       places = [(type_folder / "train", "train", "")]

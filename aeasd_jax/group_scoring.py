@@ -151,6 +151,8 @@ def dev_auc_per_model(config, features, groups, setup, state):
 
   The year's headline figure (result_tables.headline): the mean AUC over
   ids in 2020, the official score from 2021. It peeks at labelled test data.
+  A model without dev test clips (an eval-only type, from 2023) gets nan:
+  nothing to select by.
   """
   clip_lists = [
     dev_test_clips(features, groups[g]) for g in setup.group_of_model
@@ -171,6 +173,8 @@ def dev_auc_per_model(config, features, groups, setup, state):
           warn=False,
         ),
       )
+      if len(clips)
+      else np.nan
       for clips, s in zip(clip_lists, scores)
     ]
   )

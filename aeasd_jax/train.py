@@ -382,7 +382,8 @@ def _warn_unselected(config, setup, groups, best):
   if config.train.select_by == "dev_auc":
     why = (
       f"config.train.select_every={config.train.select_every} exceeds"
-      " the epochs trained, so no dev AUC check ran"
+      " the epochs trained, so no dev AUC check ran, or the group has no"
+      " dev test clips (an eval set's own machine type)"
     )
   else:
     empty = [g.name for g in groups if not len(g.val_clips)]

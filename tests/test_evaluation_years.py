@@ -367,3 +367,41 @@ def test_plots_draw_the_curves_the_table_measures(run_2023):
       assert np.trapezoid(tpr, fpr) == pytest.approx(
         report["dev"][machine_type]["section_00"][key], abs=1e-12
       )
+
+
+def test_eval_sets_own_machine_types_train_and_score(
+  root_2023, tmp_path, session_cache_dir
+):
+  # From 2023 the eval set holds other machine types than the dev set; here
+  # the eval machines are renamed into types of their own.
+  root = tmp_path / "own_types"
+  shutil.copytree(root_2023 / "dev_data", root / "dev_data")
+  for machine_type in synth.MACHINE_TYPES:
+    shutil.copytree(
+      root_2023 / "eval_data/raw" / machine_type,
+      root / "eval_data/raw" / f"{machine_type}2",
+    )
+    for kind in ("data", "domain"):
+      name = f"ground_truth_{machine_type}_section_01_test.csv"
+      target = (
+        root
+        / "ground_truth"
+        / f"ground_truth_{kind}"
+        / name.replace(machine_type, f"{machine_type}2")
+      )
+      target.parent.mkdir(parents=True, exist_ok=True)
+      shutil.copy(
+        root_2023 / "ground_truth" / f"ground_truth_{kind}" / name, target
+      )
+  config = helpers.tiny_config(root, session_cache_dir)
+  config.train.epochs = 1
+  config.train.select_by = "dev_auc"
+  config.train.select_every = 1
+  train.train_and_evaluate(config, tmp_path / "run")
+  report = evaluation.evaluate(
+    tmp_path / "run", eval_ground_truth=root / "ground_truth"
+  )
+  assert set(report["dev"]) == set(synth.MACHINE_TYPES)
+  assert set(report["eval"]) == {f"{t}2" for t in synth.MACHINE_TYPES}
+  groups = json.loads((tmp_path / "run" / "groups.json").read_text())
+  assert len(groups) == 2 * len(synth.MACHINE_TYPES)
