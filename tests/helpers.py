@@ -1,11 +1,26 @@
 """Helpers shared by test modules: the tiny config and trained weights."""
 
+import pathlib
+
 import chex
 
 from aeasd_jax import run_identity
 from aeasd_jax import workdir_files
 from aeasd_jax import workdir_weights
 from configs import default
+
+
+def make_tree(root, files):
+  """Creates empty files at the given paths under `root`; returns the root.
+
+  Discovery only looks at names, so the files need no audio in them.
+  """
+  root = pathlib.Path(root)
+  for relative in files:
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+  return root
 
 
 def tiny_config(root, cache_dir):

@@ -8,22 +8,10 @@ import shutil
 
 import pytest
 
+import helpers
 from aeasd_jax import dcase
 from aeasd_jax import synth
 from aeasd_jax.errors import AeasdError
-
-
-def _make_layout(root, files):
-  """Creates empty files at the given paths under `root`.
-
-  discover() only looks at names, so the files need no audio in them.
-  """
-  root = pathlib.Path(root)
-  for relative in files:
-    path = root / relative
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch()
-  return root
 
 
 def _minimal(root, machine_type="fan", dev_id="00", eval_id=None):
@@ -37,7 +25,7 @@ def _minimal(root, machine_type="fan", dev_id="00", eval_id=None):
       f"eval_data/{machine_type}/train/normal_id_{eval_id}_00000000.wav",
       f"eval_data/{machine_type}/test/id_{eval_id}_00000000.wav",
     ]
-  return _make_layout(root, files)
+  return helpers.make_tree(root, files)
 
 
 def _raises(*patterns):
@@ -162,7 +150,7 @@ def test_ae_asd_folder_names(tiny_root, tmp_path):
 
 def test_flac_and_uppercase_suffixes_count_others_do_not(tmp_path):
   root = _minimal(tmp_path / "root")
-  _make_layout(
+  helpers.make_tree(
     root,
     [
       "dev_data/fan/train/normal_id_00_00000001.flac",
@@ -194,7 +182,7 @@ def test_root_is_a_file(tmp_path):
 
 
 def test_root_without_dev_data(tmp_path):
-  _make_layout(tmp_path, ["eval_data/fan/train/normal_id_01_00000000.wav"])
+  helpers.make_tree(tmp_path, ["eval_data/fan/train/normal_id_01_00000000.wav"])
   with _raises(re.escape(str(tmp_path)), "dev_data/", "expected the DCASE"):
     dcase.discover(tmp_path)
 
@@ -211,7 +199,7 @@ def test_missing_type_lists_found_types(tmp_path):
 
 
 def test_type_without_train_folder(tmp_path):
-  _make_layout(tmp_path, ["dev_data/fan/test/normal_id_00_00000000.wav"])
+  helpers.make_tree(tmp_path, ["dev_data/fan/test/normal_id_00_00000000.wav"])
   folder = tmp_path / "dev_data" / "fan" / "train"
   with _raises(re.escape(str(folder)), "missing", "train clips of fan"):
     dcase.discover(tmp_path)
@@ -241,7 +229,7 @@ def test_empty_eval_test_folder(tmp_path):
 
 def test_file_name_without_id(tmp_path):
   root = _minimal(tmp_path)
-  bad = _make_layout(root, ["dev_data/fan/train/normal_00000000.wav"])
+  bad = helpers.make_tree(root, ["dev_data/fan/train/normal_00000000.wav"])
   path = bad / "dev_data/fan/train/normal_00000000.wav"
   with _raises(
     re.escape(str(path)),
@@ -332,7 +320,7 @@ def test_parse_clip_rejects(name):
 
 def test_audio_files_lists_dangling_links_but_no_folders(tmp_path):
   folder = tmp_path / "clips"
-  _make_layout(folder, ["b.wav", "c.FLAC", "notes.txt", "deep/d.wav"])
+  helpers.make_tree(folder, ["b.wav", "c.FLAC", "notes.txt", "deep/d.wav"])
   (folder / "a.wav").symlink_to(tmp_path / "gone.wav")
   (folder / "dir.wav").mkdir()
   (folder / "dirlink.wav").symlink_to(folder / "dir.wav")

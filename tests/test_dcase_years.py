@@ -11,20 +11,12 @@ import numpy as np
 import pytest
 import soundfile
 
+import helpers
 from aeasd_jax import audio
 from aeasd_jax import dataset
 from aeasd_jax import dcase
 from aeasd_jax.errors import AeasdError
 from configs import default
-
-
-def _tree(root, files):
-  root = pathlib.Path(root)
-  for relative in files:
-    path = root / relative
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch()
-  return root
 
 
 def _by_name(clips):
@@ -100,7 +92,7 @@ def test_every_year_parses_its_names(tmp_path, year):
   if eval_train:
     files.append(f"{eval_prefix}/train/{eval_train}")
     files += [f"{eval_prefix}/{t}" for t in eval_tests]
-  root = _tree(tmp_path, files)
+  root = helpers.make_tree(tmp_path, files)
   clips = _by_name(dcase.discover(root, year=year))
   assert len(clips) == len(files)
   trained = clips[train]
@@ -126,7 +118,7 @@ def test_every_year_parses_its_names(tmp_path, year):
 
 
 def test_attributes_are_kept(tmp_path):
-  root = _tree(
+  root = helpers.make_tree(
     tmp_path,
     [
       "dev_data/fan/train/section_00_source_train_normal_0000_vel_12_loc_B.wav",
@@ -143,7 +135,7 @@ def test_attributes_are_kept(tmp_path):
 
 
 def test_2020_detected_and_unchanged(tmp_path):
-  root = _tree(
+  root = helpers.make_tree(
     tmp_path,
     [
       "dev_data/fan/train/normal_id_00_00000000.wav",
@@ -168,7 +160,7 @@ def test_2020_detected_and_unchanged(tmp_path):
 def test_a_name_that_does_not_fit_the_year_is_named(
   tmp_path, year, name, expected
 ):
-  root = _tree(tmp_path, [f"dev_data/fan/train/{name}"])
+  root = helpers.make_tree(tmp_path, [f"dev_data/fan/train/{name}"])
   with pytest.raises(AeasdError, match=f"{re.escape(name)}.*DCASE {year}"):
     dcase.discover(root, year=year)
   with pytest.raises(AeasdError, match=expected):
@@ -176,7 +168,7 @@ def test_a_name_that_does_not_fit_the_year_is_named(
 
 
 def test_a_blind_name_only_in_the_eval_test_set(tmp_path):
-  root = _tree(
+  root = helpers.make_tree(
     tmp_path,
     [
       "dev_data/fan/train/section_00_source_train_normal_0000_.wav",
@@ -193,10 +185,12 @@ def test_2021_blind_names_keep_the_domain_and_2022_names_do_not(tmp_path):
     "dev_data/fan/train/section_00_source_train_normal_0000.wav",
     "dev_data/fan/source_test/section_00_source_test_normal_0000.wav",
   ]
-  root = _tree(tmp_path / "a", [*dev, f"{base}/section_03_0000.wav"])
+  root = helpers.make_tree(
+    tmp_path / "a", [*dev, f"{base}/section_03_0000.wav"]
+  )
   with pytest.raises(AeasdError, match="section_XX_\\(source\\|target\\)_test"):
     dcase.discover(root, year=2021)
-  root = _tree(
+  root = helpers.make_tree(
     tmp_path / "b", [*dev, f"{base}/section_03_target_test_0000.wav"]
   )
   with pytest.raises(AeasdError, match="a target clip in a source_test"):
@@ -204,7 +198,7 @@ def test_2021_blind_names_keep_the_domain_and_2022_names_do_not(tmp_path):
 
 
 def test_sections_shared_by_dev_and_eval_are_refused(tmp_path):
-  root = _tree(
+  root = helpers.make_tree(
     tmp_path,
     [
       "dev_data/fan/train/section_00_source_train_normal_0000_.wav",
@@ -217,7 +211,7 @@ def test_sections_shared_by_dev_and_eval_are_refused(tmp_path):
 
 
 def test_supplemental_is_left_out_unless_asked(tmp_path):
-  root = _tree(
+  root = helpers.make_tree(
     tmp_path,
     [
       "dev_data/raw/fan/train/section_00_source_train_normal_0000_.wav",
@@ -237,7 +231,7 @@ def test_supplemental_is_left_out_unless_asked(tmp_path):
 
 
 def test_raw_holds_the_types_unless_it_is_a_type(tmp_path):
-  root = _tree(
+  root = helpers.make_tree(
     tmp_path,
     ["dev_data/raw/train/normal_id_00_00000000.wav"],  # A type named raw.
   )
@@ -267,7 +261,7 @@ def test_channel_choice(stereo_clip):
 
 
 def test_attribute_lists_fill_what_names_hide(tmp_path):
-  root = _tree(
+  root = helpers.make_tree(
     tmp_path,
     [
       "dev_data/raw/gearbox/train/section_00_source_train_normal_0001_noAttribute.wav",
@@ -298,7 +292,7 @@ def test_attribute_lists_fill_what_names_hide(tmp_path):
 
 
 def test_a_sections_domains_share_its_model(tmp_path):
-  root = _tree(
+  root = helpers.make_tree(
     tmp_path,
     [
       "dev_data/fan/train/section_00_source_train_normal_0000_.wav",

@@ -258,6 +258,30 @@ def _forward_error(u, params, max_input):
   return u * max_input * ((sum(fan_in) + 4 * len(fan_in) + 1) * growth + 1)
 
 
+def _fit_and_score(stacked, features, clip_lists, seeds):
+  """(MahalanobisStats, scores of TEST_CLIPS) of stacked models."""
+  stats = mahalanobis.fit_clip_lists(
+    *stacked,
+    features,
+    clip_lists,
+    [_domains(clips) for clips in clip_lists],
+    frames_per_window=FRAMES,
+    interpolate=False,
+    batch_size=BATCH,
+    seeds=seeds,
+  )
+  scores = mahalanobis.score_clip_lists(
+    *stacked,
+    features,
+    [TEST_CLIPS] * len(clip_lists),
+    stats.precision,
+    frames_per_window=FRAMES,
+    interpolate=False,
+    batch_windows=128,
+  )
+  return stats, scores
+
+
 @pytest.fixture(scope="module")
 def exact(features):
   """Float32 models with a zero output kernel: reconstruction = output bias.
@@ -274,25 +298,7 @@ def exact(features):
     )
     networks.append(network)
   stacked = _stack(networks)
-  stats = mahalanobis.fit_clip_lists(
-    *stacked,
-    features,
-    CLIP_LISTS,
-    [_domains(clips) for clips in CLIP_LISTS],
-    frames_per_window=FRAMES,
-    interpolate=False,
-    batch_size=BATCH,
-    seeds=SEEDS,
-  )
-  scores = mahalanobis.score_clip_lists(
-    *stacked,
-    features,
-    [TEST_CLIPS] * len(CLIP_LISTS),
-    stats.precision,
-    frames_per_window=FRAMES,
-    interpolate=False,
-    batch_windows=128,
-  )
+  stats, scores = _fit_and_score(stacked, features, CLIP_LISTS, SEEDS)
   bias = [np.asarray(n.output.bias[...], np.float64) for n in networks]
 
   def rows(m, c):
@@ -431,31 +437,11 @@ def float64_runs(features):
       ]
     )
 
-    def run(stacked, clip_lists, seeds):
-      stats = mahalanobis.fit_clip_lists(
-        *stacked,
-        features,
-        clip_lists,
-        [_domains(clips) for clips in clip_lists],
-        frames_per_window=FRAMES,
-        interpolate=False,
-        batch_size=BATCH,
-        seeds=seeds,
-      )
-      scores = mahalanobis.score_clip_lists(
-        *stacked,
-        features,
-        [TEST_CLIPS] * len(clip_lists),
-        stats.precision,
-        frames_per_window=FRAMES,
-        interpolate=False,
-        batch_windows=128,
-      )
-      return stats, scores
-
-    together = run(stacked, F64_CLIP_LISTS, F64_SEEDS)
+    together = _fit_and_score(stacked, features, F64_CLIP_LISTS, F64_SEEDS)
     alone = [
-      run(_model(stacked, m), [F64_CLIP_LISTS[m]], [F64_SEEDS[m]])
+      _fit_and_score(
+        _model(stacked, m), features, [F64_CLIP_LISTS[m]], [F64_SEEDS[m]]
+      )
       for m in range(2)
     ]
 
