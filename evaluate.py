@@ -7,9 +7,9 @@ recordings. Kept short on purpose; the logic is in aeasd_jax.evaluation.
 from absl import app
 from absl import flags
 
-from aeasd_jax import evaluation
-from aeasd_jax import recordings
-from aeasd_jax import run_identity
+from aeasd_jax.evaluation import evaluate
+from aeasd_jax.evaluation import recordings
+from aeasd_jax.training import run_identity
 from aeasd_jax import runtime
 
 flags.DEFINE(
@@ -76,7 +76,7 @@ def main(argv):
         data_root=FLAGS.data_root,
         score_method=FLAGS.score,
       )
-    return evaluation.evaluate(
+    return evaluate.evaluate(
       FLAGS.workdir,
       which=FLAGS.checkpoint,
       eval_ground_truth=FLAGS.eval_ground_truth,

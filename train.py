@@ -8,7 +8,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from aeasd_jax import runtime
-from aeasd_jax import train
+from aeasd_jax.training import train
 
 # No default: a default config file would be loaded, with the overrides, at
 # import time, before a bad override could be reported as one line.

@@ -18,7 +18,7 @@ import jaxlib
 import numpy as np
 import optax
 
-from aeasd_jax import window_data
+from aeasd_jax.data import window_data
 from configs import ae
 from configs import idnn
 from configs import vae

@@ -20,12 +20,12 @@ from jax.flatten_util import ravel_pytree
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from aeasd_jax import config_check
+from aeasd_jax.training import config_check
 from aeasd_jax import runtime
-from aeasd_jax import scoring
-from aeasd_jax import state as state_lib
-from aeasd_jax import steps
-from aeasd_jax import trainer as trainer_lib
+from aeasd_jax.scoring import reconstruction
+from aeasd_jax.training import state as state_lib
+from aeasd_jax.training import steps
+from aeasd_jax.training import trainer as trainer_lib
 from benchmarks import common
 from configs import vidnn
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -184,7 +184,7 @@ def study_parts(cache):
   # per model of 59 windows (2 s clips) padded to 64, 128 clips per step.
   clips = jax.ShapeDtypeStruct((num_models, 128), np.int32)
   scores = functools.partial(
-    scoring.clip_scores,
+    reconstruction.clip_scores,
     frames_per_window=config.model.frames,
     interpolate=False,
     max_windows=64,

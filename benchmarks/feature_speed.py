@@ -22,11 +22,11 @@ import soundfile
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from aeasd_jax import audio
-from aeasd_jax import cache
-from aeasd_jax import dataset
-from aeasd_jax import dcase
-from aeasd_jax import features
+from aeasd_jax.data import audio
+from aeasd_jax.data import cache
+from aeasd_jax.data import dataset
+from aeasd_jax.data import dcase
+from aeasd_jax.data import features
 from aeasd_jax import runtime
 from aeasd_jax import synth
 from benchmarks import common

@@ -25,8 +25,8 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from aeasd_jax import fused
-from aeasd_jax import state as state_lib
+from aeasd_jax.training import fused
+from aeasd_jax.training import state as state_lib
 from benchmarks import common
 # pylint: enable=g-import-not-at-top,wrong-import-position
 

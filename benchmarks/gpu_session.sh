@@ -12,8 +12,8 @@
 #           `git archive OLD aeasd_jax benchmarks configs | tar -x -C .ab`
 #   final   time to first result again, bfloat16 at full size, features on
 #           more clips
-#   fused   config.train.kernels xla, jax_fused (aeasd_jax/fused.py) and
-#           pallas (aeasd_jax/fused_pallas.py), same call, at most 8 minutes:
+#   fused   config.train.kernels xla, jax_fused (aeasd_jax/training/fused.py) and
+#           pallas (aeasd_jax/training/fused_pallas.py), same call, at most 8 minutes:
 #           the Pallas one-step tests with the compiled kernels, then speed
 #           (benchmarks/fused_table.py prints the table at the end)
 #   fused_m0  the memo's stage M0 (concurrent command buffers) against the

@@ -17,11 +17,11 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from aeasd_jax import cache
-from aeasd_jax import dataset
-from aeasd_jax import dcase
-from aeasd_jax import trainer as trainer_lib
-from aeasd_jax import window_data
+from aeasd_jax.data import cache
+from aeasd_jax.data import dataset
+from aeasd_jax.data import dcase
+from aeasd_jax.training import trainer as trainer_lib
+from aeasd_jax.data import window_data
 from benchmarks import common
 from configs import ae
 # pylint: enable=g-import-not-at-top,wrong-import-position

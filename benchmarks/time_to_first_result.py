@@ -20,8 +20,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from aeasd_jax import metric_log
+from aeasd_jax.workdir import metric_log
 from aeasd_jax import runtime
+from aeasd_jax.workdir import layout
 from benchmarks import common
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -158,7 +159,7 @@ def synthetic_data_s(lines):
 
 def train_records(workdir):
   """(per-epoch records, the final timing record) of a metrics.jsonl."""
-  records = metric_log.read_records(workdir)
+  records = metric_log.read_records(layout.Workdir(workdir).metrics_file)
   epochs = [r for r in records if "epoch" in r]
   timing = [r for r in records if "timing_s" in r][-1]
   return epochs, timing
@@ -252,7 +253,8 @@ def time_to_first_result(args):
         [
           python,
           "-c",
-          "import jax; from aeasd_jax import evaluation, train; jax.devices()",
+          "import jax; from aeasd_jax.evaluation import evaluate;"
+          " from aeasd_jax.training import train; jax.devices()",
         ],
         env,
         jax_cache,

@@ -21,10 +21,10 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from aeasd_jax import config_check
+from aeasd_jax.training import config_check
 from aeasd_jax import runtime
-from aeasd_jax import trainer as trainer_lib
-from aeasd_jax import window_data
+from aeasd_jax.training import trainer as trainer_lib
+from aeasd_jax.data import window_data
 from benchmarks import common
 # pylint: enable=g-import-not-at-top,wrong-import-position
 

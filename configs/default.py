@@ -60,7 +60,7 @@ def get_config():
   # memory: longer clips go in calls of fewer clips, at least one.
   config.data.feature_batch_seconds = 640.0
 
-  # The bundled dataset, used when data.root is empty (aeasd_jax/synth.py).
+  # The bundled dataset, used when data.root is empty (aeasd_jax/synth/).
   config.synth = ml_collections.ConfigDict()
   # 2020: machine ids; 2023: sections, with a few target-domain clips whose
   # attribute is shifted (python -m aeasd_jax.synth --help).
@@ -129,10 +129,10 @@ def get_config():
   config.train.tensorboard = False  # Needs the [tensorboard] extra.
   # The training step's kernels: "xla" (autodiff, XLA's fusions), "jax_fused"
   # (AE and IDNN: a custom-VJP Dense+BatchNorm+ReLU and a flat, masked Adam;
-  # aeasd_jax/fused.py), "pallas" (the same step with each block as Pallas
-  # kernels, aeasd_jax/fused_pallas.py: one NVIDIA GPU, a batch_size that is
-  # a multiple of 16, jax 0.10.2 to 0.12) or "auto", which picks "xla" until
-  # a faster path is measured (benchmarks/RESULTS.md).
+  # aeasd_jax/training/fused.py), "pallas" (the same step with each block as
+  # Pallas kernels, aeasd_jax/training/fused_pallas.py: one NVIDIA GPU, a
+  # batch_size that is a multiple of 16, jax 0.10.2 to 0.12) or "auto", which
+  # picks "xla" until a faster path is measured (benchmarks/RESULTS.md).
   config.train.kernels = "auto"
   # Runs "pallas" in Pallas' interpret mode, on any backend: for tests, slow.
   config.train.pallas_interpret = False

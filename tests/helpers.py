@@ -4,9 +4,9 @@ import pathlib
 
 import chex
 
-from aeasd_jax import run_identity
-from aeasd_jax import workdir_files
-from aeasd_jax import workdir_weights
+from aeasd_jax.training import run_identity
+from aeasd_jax.training import restore
+from aeasd_jax.workdir import layout
 from configs import default
 
 
@@ -43,8 +43,11 @@ def tiny_config(root, cache_dir):
 def latest_weights(workdir):
   """(params, batch_stats) of a workdir's latest checkpoint."""
   config = run_identity.load_config(workdir)
-  _, params, batch_stats, _ = workdir_weights.load_weights(
-    config, workdir, workdir_files.read_groups(workdir), "latest"
+  _, params, batch_stats, _ = restore.load_weights(
+    config,
+    layout.Workdir(workdir),
+    layout.Workdir(workdir).read_groups(),
+    "latest",
   )
   return params, batch_stats
 
@@ -52,7 +55,11 @@ def latest_weights(workdir):
 def assert_best_equals_latest(workdir):
   """The weights evaluate.py takes as "best" are the latest, not the initial."""
   config = run_identity.load_config(workdir)
-  groups = workdir_files.read_groups(workdir)
-  best = workdir_weights.load_weights(config, workdir, groups, "best")[1:3]
-  latest = workdir_weights.load_weights(config, workdir, groups, "latest")[1:3]
+  groups = layout.Workdir(workdir).read_groups()
+  best = restore.load_weights(config, layout.Workdir(workdir), groups, "best")[
+    1:3
+  ]
+  latest = restore.load_weights(
+    config, layout.Workdir(workdir), groups, "latest"
+  )[1:3]
   chex.assert_trees_all_equal(best, latest)

@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from aeasd_jax import config_check
-from aeasd_jax import metric_log
-from aeasd_jax import state
-from aeasd_jax import steps
-from aeasd_jax import train
-from aeasd_jax import window_data
+from aeasd_jax.training import config_check
+from aeasd_jax.workdir import metric_log
+from aeasd_jax.training import state
+from aeasd_jax.training import steps
+from aeasd_jax.training import train
+from aeasd_jax.data import window_data
 from aeasd_jax.errors import AeasdError
+from aeasd_jax.workdir import layout
 from configs import aeasd_ae
 from configs import aeasd_idnn
 from configs import aeasd_vae
@@ -72,7 +73,11 @@ def test_aeasd_presets_train_and_select_by_dev_auc(
 ):
   config = _tiny(PRESETS[name].get_config(), tiny_root, session_cache_dir)
   train.train_and_evaluate(config, tmp_path)
-  records = [r for r in metric_log.read_records(tmp_path) if "epoch" in r]
+  records = [
+    r
+    for r in metric_log.read_records(layout.Workdir(tmp_path).metrics_file)
+    if "epoch" in r
+  ]
   assert [r["epoch"] for r in records] == [1, 2]
   for record in records:
     assert all(math.isfinite(v) for v in record["train_loss"].values())

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from aeasd_jax import audio
+from aeasd_jax.data import audio
 from aeasd_jax.errors import AeasdError
 
 SR = 16000

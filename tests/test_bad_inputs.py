@@ -25,16 +25,17 @@ import orbax.checkpoint as ocp
 import pytest
 
 import helpers
-from aeasd_jax import cache
-from aeasd_jax import evaluation
-from aeasd_jax import interrupts
-from aeasd_jax import metric_log
-from aeasd_jax import recordings
+from aeasd_jax.data import cache
+from aeasd_jax.evaluation import evaluate
+from aeasd_jax.training import interrupts
+from aeasd_jax.workdir import metric_log
+from aeasd_jax.evaluation import recordings
 from aeasd_jax import runtime
-from aeasd_jax import steps
-from aeasd_jax import train
-from aeasd_jax import workdir_lock
+from aeasd_jax.training import steps
+from aeasd_jax.training import train
+from aeasd_jax.workdir import lock
 from aeasd_jax.errors import AeasdError
+from aeasd_jax.workdir import layout
 
 REPO = pathlib.Path(__file__).parents[1]
 
@@ -100,7 +101,7 @@ def _set(**settings):
 
 
 def _evaluate(workdir, **kwargs):
-  return lambda: evaluation.evaluate(workdir, **kwargs)
+  return lambda: evaluate.evaluate(workdir, **kwargs)
 
 
 def _type_id_without_eval_training(ctx):
@@ -229,7 +230,7 @@ def _wav_all_unreadable(ctx):
 
 def _workdir_in_use(ctx):
   workdir = ctx.tmp / "run"
-  ctx.stack.enter_context(workdir_lock.hold(workdir, 60.0))
+  ctx.stack.enter_context(lock.hold(layout.Workdir(workdir), 60.0))
   return _train(ctx)
 
 
@@ -483,7 +484,7 @@ def test_csv_files_quote_a_comma_in_a_machine_type(tiny_config, tmp_path):
     (root / section / "fan").rename(root / section / "fan, big")
   tiny_config.data.machine_types = ("fan, big",)
   train.train_and_evaluate(tiny_config, tmp_path / "run")
-  evaluation.evaluate(tmp_path / "run")
+  evaluate.evaluate(tmp_path / "run")
   with open(tmp_path / "run" / "results" / "decisions.csv", newline="") as f:
     rows = list(csv.reader(f))
   assert rows[0] == ["type", "id", "files", "precision", "recall", "F1"]
@@ -514,7 +515,11 @@ def test_unknown_setting_names_close_matches():
 
 
 def _metrics_epochs(workdir):
-  return [r["epoch"] for r in metric_log.read_records(workdir) if "epoch" in r]
+  return [
+    r["epoch"]
+    for r in metric_log.read_records(layout.Workdir(workdir).metrics_file)
+    if "epoch" in r
+  ]
 
 
 @pytest.mark.parametrize("presses", [1, 2])

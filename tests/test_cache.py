@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 import soundfile
 
-from aeasd_jax import audio
-from aeasd_jax import cache
-from aeasd_jax import cache_compute
-from aeasd_jax import dataset
-from aeasd_jax import dcase
-from aeasd_jax import features
+from aeasd_jax.data import audio
+from aeasd_jax.data import cache
+from aeasd_jax.data import cache_compute
+from aeasd_jax.data import dataset
+from aeasd_jax.data import dcase
+from aeasd_jax.data import features
 from aeasd_jax import runtime
 from aeasd_jax.errors import AeasdError
 
@@ -420,7 +420,7 @@ def test_a_build_this_process_still_uses_is_kept(tmp_path, caplog):
 
 _READER = """
 import sys
-from aeasd_jax import cache
+from aeasd_jax.data import cache
 fc = cache.load(sys.argv[1])
 print(float(fc.frames.sum()), flush=True)
 sys.stdin.read()

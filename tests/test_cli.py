@@ -14,13 +14,13 @@ import sys
 import pytest
 import soundfile
 
-from aeasd_jax import evaluation
-from aeasd_jax import metric_log
-from aeasd_jax import recordings
-from aeasd_jax import run_identity
+from aeasd_jax.evaluation import evaluate
+from aeasd_jax.workdir import metric_log
+from aeasd_jax.evaluation import recordings
+from aeasd_jax.training import run_identity
 from aeasd_jax import synth
-from aeasd_jax import workdir_files
 from aeasd_jax.errors import AeasdError
+from aeasd_jax.workdir import layout
 
 REPO = pathlib.Path(__file__).parents[1]
 
@@ -66,7 +66,11 @@ def cli_runs(tiny_root, tmp_path_factory):
 
 
 def _timing(workdir):
-  return [r for r in metric_log.read_records(workdir) if "timing_s" in r][-1]
+  return [
+    r
+    for r in metric_log.read_records(layout.Workdir(workdir).metrics_file)
+    if "timing_s" in r
+  ][-1]
 
 
 def test_every_run_prints_the_time_breakdown(cli_runs):
@@ -166,14 +170,14 @@ def test_evaluate_names_the_flag_for_data_that_moved(moved_run):
 def test_evaluate_reads_moved_data_without_rewriting_the_workdir(moved_run):
   workdir, root = moved_run
   before = (workdir / "config.json").read_text()
-  report = evaluation.evaluate(workdir, data_root=str(root))
+  report = evaluate.evaluate(workdir, data_root=str(root))
   assert report["dev"]
   assert (workdir / "config.json").read_text() == before
 
 
 def test_wav_fits_thresholds_on_moved_data(moved_run, capsys):
   workdir, root = moved_run
-  (workdir / workdir_files.THRESHOLDS_FILE).unlink()
+  layout.Workdir(workdir).thresholds_file.unlink()
   wav = next((root / "dev_data" / "fan" / "test").glob("*.wav"))
   with pytest.raises(AeasdError, match=r"use --data_root=PATH"):
     recordings.score_recordings(workdir, wav, machine_type="fan")
@@ -181,7 +185,7 @@ def test_wav_fits_thresholds_on_moved_data(moved_run, capsys):
     workdir, wav, machine_type="fan", data_root=str(root)
   )
   assert "score" in row
-  assert (workdir / workdir_files.THRESHOLDS_FILE).exists()
+  assert layout.Workdir(workdir).thresholds_file.exists()
   capsys.readouterr()
 
 
@@ -191,9 +195,9 @@ def test_data_root_of_other_data_is_refused(moved_run, tmp_path):
     tmp_path / "other", seed=1, clips_per_id=4, seconds=1.0
   )
   with pytest.raises(AeasdError, match="trained on other data"):
-    evaluation.evaluate(workdir, data_root=str(other))
+    evaluate.evaluate(workdir, data_root=str(other))
   with pytest.raises(AeasdError, match=r"--data_root=.*: no such folder"):
-    evaluation.evaluate(workdir, data_root=str(tmp_path / "nowhere"))
+    evaluate.evaluate(workdir, data_root=str(tmp_path / "nowhere"))
 
 
 def test_data_errors_say_where_evaluate_reads_the_settings(moved_run):
@@ -202,7 +206,7 @@ def test_data_errors_say_where_evaluate_reads_the_settings(moved_run):
   bad.write_bytes(b"not audio")
   config = run_identity.load_config(workdir)
   with pytest.raises(AeasdError) as error:
-    evaluation.load_data(workdir, config, str(root))
+    evaluate.load_data(layout.Workdir(workdir), config, str(root))
   assert "config.data.skip_bad_files=True" in str(error.value)
   assert f"from {workdir / 'config.json'}: change them there" in str(
     error.value

@@ -7,7 +7,7 @@ import pathlib
 import ml_collections
 import pytest
 
-from aeasd_jax import config_check
+from aeasd_jax.training import config_check
 from aeasd_jax.errors import AeasdError
 from configs import default
 

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 import helpers
-from aeasd_jax import dcase
+from aeasd_jax.data import dcase
 from aeasd_jax import synth
 from aeasd_jax.errors import AeasdError
 

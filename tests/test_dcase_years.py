@@ -12,9 +12,9 @@ import pytest
 import soundfile
 
 import helpers
-from aeasd_jax import audio
-from aeasd_jax import dataset
-from aeasd_jax import dcase
+from aeasd_jax.data import audio
+from aeasd_jax.data import dataset
+from aeasd_jax.data import dcase
 from aeasd_jax.errors import AeasdError
 from configs import default
 

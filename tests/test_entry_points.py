@@ -116,8 +116,8 @@ _COMPILE_REPORT = textwrap.dedent(
   import sys
   import jax
   import jax.numpy as jnp
-  from aeasd_jax import metric_log, train
-
+  from aeasd_jax.workdir import metric_log
+  from aeasd_jax.training import train
   jax.config.update("jax_compilation_cache_dir", sys.argv[1])
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -14,19 +14,19 @@ import scipy.stats
 from sklearn import metrics as sk_metrics
 
 import helpers
-from aeasd_jax import dataset
-from aeasd_jax import evaluation
-from aeasd_jax import group_scoring
-from aeasd_jax import metric_log
-from aeasd_jax import recordings
-from aeasd_jax import results
-from aeasd_jax import run_identity
-from aeasd_jax import scoring
-from aeasd_jax import train
-from aeasd_jax import window_data
-from aeasd_jax import workdir_files
-from aeasd_jax import workdir_weights
+from aeasd_jax.data import dataset
+from aeasd_jax.evaluation import evaluate
+from aeasd_jax.scoring import group_scoring
+from aeasd_jax.workdir import metric_log
+from aeasd_jax.evaluation import recordings
+from aeasd_jax.evaluation import results
+from aeasd_jax.training import run_identity
+from aeasd_jax.scoring import reconstruction
+from aeasd_jax.training import train
+from aeasd_jax.data import window_data
+from aeasd_jax.training import restore
 from aeasd_jax.errors import AeasdError
+from aeasd_jax.workdir import layout
 
 GROUND_TRUTH = (
   pathlib.Path(__file__).parents[2]
@@ -45,7 +45,7 @@ def trained(tmp_path_factory, tiny_root, session_cache_dir):
   config.train.num_seeds = 2
   workdir = tmp_path_factory.mktemp("run")
   train.train_and_evaluate(config, workdir)
-  report = evaluation.evaluate(
+  report = evaluate.evaluate(
     workdir, eval_ground_truth=tiny_root / "eval_data_list.csv"
   )
   return config, workdir, report
@@ -87,7 +87,7 @@ def test_result_csv_equals_sklearn_on_the_written_scores(trained):
 
 def test_evaluation_times_are_recorded(trained):
   _, workdir, _ = trained
-  records = metric_log.read_records(workdir)
+  records = metric_log.read_records(layout.Workdir(workdir).metrics_file)
   timing = [r for r in records if "evaluate" in r][-1]["timing_s"]
   assert {"features", "restore", "score", "total"} <= timing.keys()
 
@@ -138,8 +138,8 @@ def test_seed_ensemble_is_the_mean_of_seed_scores(trained):
   config, workdir, report = trained
   assert len(report["seeds"]) == config.train.num_seeds
   features, groups = dataset.load(config, show_progress=False)
-  setup, params, batch_stats, _ = workdir_weights.load_weights(
-    config, workdir, [g.name for g in groups], "best"
+  setup, params, batch_stats, _ = restore.load_weights(
+    config, layout.Workdir(workdir), [g.name for g in groups], "best"
   )
   per_seed = group_scoring.score_groups(
     config,
@@ -198,8 +198,8 @@ def test_result_csv_round_trip(tmp_path):
 def test_ragged_clip_scores_equal_scoring_each_clip_alone(trained):
   config, workdir, _ = trained
   features, groups = dataset.load(config, show_progress=False)
-  setup, params, batch_stats, _ = workdir_weights.load_weights(
-    config, workdir, [g.name for g in groups], "latest"
+  setup, params, batch_stats, _ = restore.load_weights(
+    config, layout.Workdir(workdir), [g.name for g in groups], "latest"
   )
   clips = list(groups[0].test_clips[:3])
   # Make the lengths ragged: score a shortened copy of the first clip too.
@@ -213,7 +213,7 @@ def test_ragged_clip_scores_equal_scoring_each_clip_alone(trained):
     lengths,
     (),
   )
-  for pooling in scoring.POOLINGS:
+  for pooling in reconstruction.POOLINGS:
     config.score.pooling = pooling
     # One clip list per model: every model scores the clips, half reversed.
     orders = [
@@ -227,7 +227,7 @@ def test_ragged_clip_scores_equal_scoring_each_clip_alone(trained):
       for c, score in zip(order, together[m]):
         frames = ragged.clip_frames(c)
         starts = jnp.arange(len(frames) - 4)
-        errors = scoring.vector_errors(
+        errors = reconstruction.vector_errors(
           setup.graphdef,
           *model,
           window_data.gather_windows(jnp.asarray(frames), starts, 5),
@@ -259,9 +259,13 @@ def _numpy_pool(errors, pooling, decay):
 def test_gwrp_limits():
   errors = jnp.asarray([[3.0, 1.0, 2.0, 9.0]])
   mask = jnp.asarray([[True, True, True, False]])
-  assert float(scoring.pool(errors, mask, "gwrp", 1.0)[0]) == pytest.approx(2.0)
-  assert float(scoring.pool(errors, mask, "gwrp", 0.0)[0]) == pytest.approx(3.0)
-  assert float(scoring.pool(errors, mask, "max", 0.5)[0]) == 3.0
+  assert float(
+    reconstruction.pool(errors, mask, "gwrp", 1.0)[0]
+  ) == pytest.approx(2.0)
+  assert float(
+    reconstruction.pool(errors, mask, "gwrp", 0.0)[0]
+  ) == pytest.approx(3.0)
+  assert float(reconstruction.pool(errors, mask, "max", 0.5)[0]) == 3.0
 
 
 def test_gamma_threshold_recovers_the_percentile():
@@ -280,7 +284,7 @@ def test_decisions_and_thresholds_are_written(trained):
   assert len(rows) - 1 == len(report["decisions"])
   stored = run_identity.load_config(workdir)  # The workdir stays readable.
   assert stored.model.name == config.model.name
-  assert (workdir / workdir_files.THRESHOLDS_FILE).exists()
+  assert layout.Workdir(workdir).thresholds_file.exists()
 
 
 def test_new_recordings_are_scored_and_bad_files_reported(
@@ -320,18 +324,18 @@ def test_new_recordings_need_a_known_machine_type(trained, tiny_root):
 def test_checkpoint_choice_errors(trained):
   _, workdir, _ = trained
   with pytest.raises(AeasdError, match="expected best, latest or an epoch"):
-    evaluation.evaluate(workdir, which="newest")
+    evaluate.evaluate(workdir, which="newest")
   with pytest.raises(AeasdError, match="no checkpoint for epoch 99"):
-    evaluation.evaluate(workdir, which="99")
+    evaluate.evaluate(workdir, which="99")
 
 
 def test_plots_are_written_or_need_the_plot_extra(trained):
   _, workdir, report = trained
   if importlib.util.find_spec("matplotlib") is None:
     with pytest.raises(AeasdError, match=r"pip install -e \.\[plot\]"):
-      evaluation.evaluate(workdir, plots=True)
+      evaluate.evaluate(workdir, plots=True)
     return
-  evaluation.evaluate(workdir, plots=True)
+  evaluate.evaluate(workdir, plots=True)
   # One per id, the unit each table row is for.
   for machine_type, by_id in report["dev"].items():
     for machine_id in by_id:
@@ -347,7 +351,7 @@ def test_checkpoint_of_another_config_is_refused(trained, tmp_path):
   config["model"]["hidden"] = 32
   (other / "config.json").write_text(json.dumps(config))
   with pytest.raises(AeasdError, match="does not fit this config"):
-    evaluation.evaluate(other)
+    evaluate.evaluate(other)
 
 
 def test_decision_report_matches_the_decision_files(trained):

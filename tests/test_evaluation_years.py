@@ -18,16 +18,16 @@ import scipy.stats
 from sklearn import metrics as sk_metrics
 
 import helpers
-from aeasd_jax import evaluation
-from aeasd_jax import group_scoring
-from aeasd_jax import metrics
-from aeasd_jax import plots
-from aeasd_jax import recordings
-from aeasd_jax import result_tables
-from aeasd_jax import results
+from aeasd_jax.evaluation import evaluate
+from aeasd_jax.metrics import roc
+from aeasd_jax.evaluation import plots
+from aeasd_jax.evaluation import recordings
+from aeasd_jax.metrics import result_tables
+from aeasd_jax.evaluation import results
 from aeasd_jax import synth
-from aeasd_jax import train
+from aeasd_jax.training import train
 from aeasd_jax.errors import AeasdError
+from aeasd_jax.workdir import layout
 
 EPS = sys.float_info.epsilon
 _FULL_NAME = re.compile(
@@ -88,7 +88,7 @@ def run_2023(root_2023, tmp_path_factory, session_cache_dir):
   config.data.dcase_year = 2023
   workdir = tmp_path_factory.mktemp("run23")
   train.train_and_evaluate(config, workdir)
-  report = evaluation.evaluate(
+  report = evaluate.evaluate(
     workdir, eval_ground_truth=root_2023 / "ground_truth"
   )
   return workdir, report
@@ -174,7 +174,7 @@ def test_result_csv_layout_of_2023(run_2023):
     "F1 score (target)",
   ]
   assert rows[2][0] == "00"
-  # The mean rows hold no section column: 11 values under the 11 metrics.
+  # The mean rows hold no section column: 11 values under the 11 roc.
   assert rows[3][0] == "arithmetic mean" and len(rows[3]) == 12
   assert rows[4][0] == "harmonic mean" and len(rows[4]) == 12
   assert rows[-2][0] == "official score"
@@ -233,7 +233,7 @@ def test_2021_is_detected_and_scored_per_domain(
   config = helpers.tiny_config(root, session_cache_dir)
   config.train.epochs = 1
   train.train_and_evaluate(config, tmp_path / "run")
-  report = evaluation.evaluate(
+  report = evaluate.evaluate(
     tmp_path / "run", eval_ground_truth=root / "ground_truth"
   )
   assert report["year"] == 2021
@@ -289,16 +289,16 @@ def test_ground_truth_errors_name_the_folder(tmp_path):
 
 def test_mahalanobis_statistics_are_stored_once_per_weights(run_2023):
   workdir, mse_report = run_2023
-  folder = workdir / group_scoring.MAHALANOBIS_FOLDER
+  folder = layout.Workdir(workdir).mahalanobis
   # Training's covariance pass stored them for its best weights.
   (stored,) = folder.glob("*.npz")
   with np.load(stored) as f:
     fitted = dict(f)
-  report = evaluation.evaluate(workdir, score_method="mahalanobis")
+  report = evaluate.evaluate(workdir, score_method="mahalanobis")
   assert list(folder.glob("*.npz")) == [stored]  # Restored, not refitted.
   assert report["dev"] != mse_report["dev"]
   stored.unlink()
-  again = evaluation.evaluate(workdir, score_method="mahalanobis")
+  again = evaluate.evaluate(workdir, score_method="mahalanobis")
   # Fitted again from scratch: the same statistics and the same table.
   with np.load(stored) as f:
     for key, value in fitted.items():
@@ -307,7 +307,7 @@ def test_mahalanobis_statistics_are_stored_once_per_weights(run_2023):
   keys = set(json.loads((workdir / "thresholds.json").read_text()))
   assert {k.split(" ")[-1] for k in keys} >= {"mahalanobis"}
   assert any(" " not in k for k in keys)  # The MSE's thresholds stay.
-  mse_again = evaluation.evaluate(workdir)
+  mse_again = evaluate.evaluate(workdir)
   assert mse_again["dev"] == mse_report["dev"]
 
 
@@ -318,7 +318,7 @@ def test_new_recordings_score_as_the_test_set(run_2023, root_2023, method):
   rows = recordings.score_recordings(
     workdir, clips[0].parent, machine_type="valve", score_method=method
   )
-  evaluation.evaluate(workdir, score_method=method)
+  evaluate.evaluate(workdir, score_method=method)
   written = results.read_scores(
     workdir / "results" / "anomaly_score_valve_section_00_test.csv"
   )
@@ -336,7 +336,7 @@ def test_new_recordings_score_as_the_test_set(run_2023, root_2023, method):
 
 def test_plots_draw_the_curves_the_table_measures(run_2023):
   workdir, report = run_2023
-  evaluation.evaluate(workdir, plots=True)
+  evaluate.evaluate(workdir, plots=True)
   out = workdir / "results"
   for machine_type in sorted(synth.MACHINE_TYPES):
     png = out / f"plot_{machine_type}_section_00.png"
@@ -362,7 +362,7 @@ def test_plots_draw_the_curves_the_table_measures(run_2023):
     curves = plots.roc_curves(2023, unit)
     assert [key for _, key, _ in curves] == ["auc_source", "auc_target"]
     for _, key, mask in curves:
-      fpr, tpr, _ = metrics.roc_curve(labels[mask], scores[mask])
+      fpr, tpr, _ = roc.roc_curve(labels[mask], scores[mask])
       # The area under the drawn curve is the value in its title.
       assert np.trapezoid(tpr, fpr) == pytest.approx(
         report["dev"][machine_type]["section_00"][key], abs=1e-12
@@ -398,7 +398,7 @@ def test_eval_sets_own_machine_types_train_and_score(
   config.train.select_by = "dev_auc"
   config.train.select_every = 1
   train.train_and_evaluate(config, tmp_path / "run")
-  report = evaluation.evaluate(
+  report = evaluate.evaluate(
     tmp_path / "run", eval_ground_truth=root / "ground_truth"
   )
   assert set(report["dev"]) == set(synth.MACHINE_TYPES)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from aeasd_jax import features
+from aeasd_jax.data import features
 from aeasd_jax.errors import AeasdError
 
 SR = 16000

@@ -12,12 +12,12 @@ import optax
 import pytest
 
 import helpers
-from aeasd_jax import config_check
-from aeasd_jax import fused
-from aeasd_jax import fused_pallas
-from aeasd_jax import state as state_lib
-from aeasd_jax import steps
-from aeasd_jax import train
+from aeasd_jax.training import config_check
+from aeasd_jax.training import fused
+from aeasd_jax.training import fused_pallas
+from aeasd_jax.training import state as state_lib
+from aeasd_jax.training import steps
+from aeasd_jax.training import train
 from aeasd_jax.errors import AeasdError
 from test_train import ADAM_EPS_FOR_EQUIVALENCE
 

@@ -14,13 +14,14 @@ import pytest
 import soundfile
 
 import helpers
-from aeasd_jax import evaluation
-from aeasd_jax import group_scoring
-from aeasd_jax import run_identity
-from aeasd_jax import train
-from aeasd_jax import workdir_files
-from aeasd_jax import workdir_weights
+from aeasd_jax.evaluation import evaluate
+from aeasd_jax.scoring import group_scoring
+from aeasd_jax.training import run_identity
+from aeasd_jax.training import train
+from aeasd_jax.workdir import file_io
+from aeasd_jax.training import restore
 from aeasd_jax.errors import AeasdError
+from aeasd_jax.workdir import layout
 
 
 @pytest.fixture
@@ -77,7 +78,7 @@ def test_a_failed_rerun_changes_no_file(tiny_config, tmp_path):
     train.train_and_evaluate(tiny_config, tmp_path)
   after = {p.name: p.read_bytes() for p in tmp_path.glob("*.json")}
   assert after == before
-  evaluation.evaluate(tmp_path)  # The finished run still evaluates.
+  evaluate.evaluate(tmp_path)  # The finished run still evaluates.
 
 
 def test_fewer_epochs_than_done_trains_nothing_and_says_so(
@@ -113,7 +114,7 @@ def test_no_dev_auc_check_before_the_end_keeps_the_latest_as_best(
 
 
 def _stored_thresholds(workdir):
-  return workdir_files.read_thresholds(workdir)
+  return layout.Workdir(workdir).read_thresholds()
 
 
 def test_thresholds_of_rolled_back_weights_are_fitted_again(
@@ -128,8 +129,11 @@ def test_thresholds_of_rolled_back_weights_are_fitted_again(
   train.train_and_evaluate(tiny_config, tmp_path)
   after = _stored_thresholds(tmp_path)["best@2"]
   config = run_identity.load_config(tmp_path)
-  _, params, batch_stats, _ = workdir_weights.load_weights(
-    config, tmp_path, workdir_files.read_groups(tmp_path), "best"
+  _, params, batch_stats, _ = restore.load_weights(
+    config,
+    layout.Workdir(tmp_path),
+    layout.Workdir(tmp_path).read_groups(),
+    "best",
   )
   assert after["weights"] == group_scoring.weights_digest(params, batch_stats)
   assert after["weights"] != before["weights"]
@@ -142,8 +146,8 @@ def test_thresholds_of_other_weights_are_not_reused(tiny_config, tmp_path):
   stored = _stored_thresholds(tmp_path)
   stored["best@2"]["weights"] = "0" * 32  # As if fitted for other weights.
   stored["best@2"]["thresholds"] = {"fan": -1.0}
-  workdir_files.write_json(tmp_path / "thresholds.json", stored)
-  evaluation.evaluate(tmp_path)
+  file_io.write_json(tmp_path / "thresholds.json", stored)
+  evaluate.evaluate(tmp_path)
   refitted = _stored_thresholds(tmp_path)["best@2"]["thresholds"]["fan"]
   assert np.isfinite(refitted) and refitted != -1.0
 
@@ -153,12 +157,12 @@ def test_a_checkpoint_pruned_while_read_is_named_as_such(
 ):
   tiny_config.data.machine_types = ("fan",)
   train.train_and_evaluate(tiny_config, tmp_path)
-  restore = ocp.CheckpointManager.restore
+  original_restore = ocp.CheckpointManager.restore
 
   def pruned_meanwhile(self, step, *args, **kwargs):
     shutil.rmtree(tmp_path / "checkpoints" / str(step))  # As train.py would.
-    return restore(self, step, *args, **kwargs)
+    return original_restore(self, step, *args, **kwargs)
 
   monkeypatch.setattr(ocp.CheckpointManager, "restore", pruned_meanwhile)
   with pytest.raises(AeasdError, match=r"removed while it was being read"):
-    evaluation.evaluate(tmp_path)
+    evaluate.evaluate(tmp_path)

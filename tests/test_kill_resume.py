@@ -17,16 +17,19 @@ import chex
 import pytest
 
 import helpers
-from aeasd_jax import evaluation
-from aeasd_jax import results
+from aeasd_jax.evaluation import evaluate
+from aeasd_jax.evaluation import results
 
 _CHILD = textwrap.dedent("""
     import json, os, signal, sys
     import jax
     jax.config.update("jax_disable_most_optimizations", True)
     import ml_collections
-    from aeasd_jax import cache_compute, checkpoint, metric_log, runtime, train
-
+    from aeasd_jax.data import cache_compute
+    from aeasd_jax.workdir import checkpoint
+    from aeasd_jax.workdir import metric_log
+    from aeasd_jax import runtime
+    from aeasd_jax.training import train
     runtime.configure_logging()
 
     config = ml_collections.ConfigDict(json.load(open(sys.argv[1])))
@@ -65,8 +68,8 @@ _CHILD = textwrap.dedent("""
           die()
         replace(src, dst)
       os.replace = dying_replace
-      from aeasd_jax import evaluation
-      evaluation.evaluate(workdir)
+      from aeasd_jax.evaluation import evaluate
+      evaluate.evaluate(workdir)
       sys.exit(0)
     train.train_and_evaluate(config, workdir)
 """)
@@ -140,7 +143,7 @@ def test_killed_training_resumes_to_the_same_parameters(setting, kill_at):
 def test_killed_evaluation_leaves_previous_results_intact(setting):
   base, config_file, _ = setting
   workdir = base / "straight"
-  evaluation.evaluate(workdir)
+  evaluate.evaluate(workdir)
   result = workdir / "results" / "result.csv"
   before = result.read_bytes()
   # Different results would be written: evaluate the latest weights instead.

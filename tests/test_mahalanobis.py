@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from aeasd_jax import cache as cache_lib
-from aeasd_jax import mahalanobis
-from aeasd_jax import models
-from aeasd_jax import scoring
+from aeasd_jax.data import cache as cache_lib
+from aeasd_jax.scoring import mahalanobis
+from aeasd_jax.models import autoencoders
+from aeasd_jax.scoring import reconstruction
 from aeasd_jax.errors import AeasdError
 from configs import default
 
@@ -259,7 +259,7 @@ def _forward_error(u, params, max_input):
 
 
 def _fit_and_score(stacked, features, clip_lists, seeds):
-  """(MahalanobisStats, scores of TEST_CLIPS) of stacked models."""
+  """(MahalanobisStats, scores of TEST_CLIPS) of stacked autoencoders."""
   stats = mahalanobis.fit_clip_lists(
     *stacked,
     features,
@@ -291,7 +291,7 @@ def exact(features):
   """
   networks = []
   for m in range(len(CLIP_LISTS)):
-    network = models.build(_model_config(), nnx.Rngs(m))
+    network = autoencoders.build(_model_config(), nnx.Rngs(m))
     network.output.kernel[...] = 0.0
     network.output.bias[...] = np.random.default_rng(10 + m).normal(
       0, 1, FRAMES * N_MELS
@@ -387,7 +387,7 @@ def test_a_clip_near_the_target_scores_by_the_target_covariance(exact):
 def test_padding_windows_do_not_enter_the_covariance(features, exact):
   stacked, _, _, _ = exact
   used = sorted({c for clips in CLIP_LISTS for c in clips})
-  packed = scoring.pack_clips(features, used + [NEAR_TARGET], FRAMES)
+  packed = reconstruction.pack_clips(features, used + [NEAR_TARGET], FRAMES)
   # Unshuffled: model 0's 94 windows leave 2 padding slots in its last batch
   # of 8, beside 6 windows that batch's means are taken over.
   starts, domains = mahalanobis.batch_layout(
@@ -432,7 +432,7 @@ def float64_runs(features):
   try:
     stacked = _stack(
       [
-        models.build(_model_config("float64"), nnx.Rngs(20 + m))
+        autoencoders.build(_model_config("float64"), nnx.Rngs(20 + m))
         for m in range(2)
       ]
     )
@@ -449,7 +449,7 @@ def float64_runs(features):
     def rows(m, c):
       graphdef, params, stats = _model(stacked, m)
       one = jax.tree.map(lambda x: x[0], (params, stats))
-      residuals = scoring.vector_residuals(
+      residuals = reconstruction.vector_residuals(
         graphdef, *one, _windows(features, c), False
       )
       return np.asarray(residuals).reshape(-1, FRAMES, N_MELS)

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from aeasd_jax import metric_log
+from aeasd_jax.workdir import metric_log
 from aeasd_jax.errors import AeasdError
 
 
@@ -29,7 +29,7 @@ def _strict_lines(path):
 
 
 def test_non_finite_metrics_are_written_as_null(tmp_path):
-  writer = metric_log.MetricWriter(tmp_path)
+  writer = metric_log.MetricWriter(tmp_path / "metrics.jsonl")
   writer.write(
     {
       "epoch": 1,
@@ -68,7 +68,7 @@ def _full_disk_after(limit, monkeypatch):
 def test_a_full_disk_is_an_error_and_leaves_no_torn_line(
   tmp_path, monkeypatch, room
 ):
-  writer = metric_log.MetricWriter(tmp_path)
+  writer = metric_log.MetricWriter(tmp_path / "metrics.jsonl")
   writer.write({"epoch": 1, "train_loss": 1.0})
   before = (tmp_path / "metrics.jsonl").read_bytes()
   _full_disk_after(room, monkeypatch)
@@ -89,11 +89,13 @@ def test_a_torn_last_line_is_skipped_and_cut_by_the_next_writer(
   path = tmp_path / "metrics.jsonl"
   path.write_text('{"epoch": 1, "train_loss": 1.0}\n{"epoch": 2, "tra')
   with caplog.at_level(logging.WARNING):
-    assert metric_log.read_records(tmp_path) == [
+    assert metric_log.read_records(tmp_path / "metrics.jsonl") == [
       {"epoch": 1, "train_loss": 1.0}
     ]
   assert "skipping its last line" in caplog.text
-  metric_log.MetricWriter(tmp_path).write({"epoch": 2, "train_loss": 0.5})
+  metric_log.MetricWriter(tmp_path / "metrics.jsonl").write(
+    {"epoch": 2, "train_loss": 0.5}
+  )
   assert _strict_lines(path) == [
     {"epoch": 1, "train_loss": 1.0},
     {"epoch": 2, "train_loss": 0.5},
@@ -103,7 +105,7 @@ def test_a_torn_last_line_is_skipped_and_cut_by_the_next_writer(
 def test_a_complete_last_line_without_newline_is_kept(tmp_path):
   path = tmp_path / "metrics.jsonl"
   path.write_text('{"epoch": 1}')
-  metric_log.MetricWriter(tmp_path).write({"epoch": 2})
+  metric_log.MetricWriter(tmp_path / "metrics.jsonl").write({"epoch": 2})
   assert metric_log.read_records(path) == [{"epoch": 1}, {"epoch": 2}]
 
 
@@ -118,9 +120,9 @@ def test_damage_before_the_last_line_is_named(tmp_path, text, line):
     " expected one JSON object per line"
   )
   with pytest.raises(AeasdError, match=expected):
-    metric_log.read_records(tmp_path)
+    metric_log.read_records(tmp_path / "metrics.jsonl")
   with pytest.raises(AeasdError, match=expected):
-    metric_log.MetricWriter(tmp_path)
+    metric_log.MetricWriter(tmp_path / "metrics.jsonl")
 
 
 def test_a_missing_log_is_named(tmp_path):
@@ -129,11 +131,11 @@ def test_a_missing_log_is_named(tmp_path):
     match=r"metrics.jsonl: missing; expected a"
     " workdir written by train.py",
   ):
-    metric_log.read_records(tmp_path)
+    metric_log.read_records(tmp_path / "metrics.jsonl")
 
 
 def _log(workdir, records):
-  writer = metric_log.MetricWriter(workdir)
+  writer = metric_log.MetricWriter(workdir / "metrics.jsonl")
   for record in records:
     writer.write(record)
 
@@ -162,7 +164,7 @@ def test_a_resumed_run_drops_the_epochs_it_logs_again(
   with open(path, "a") as f:
     f.write('{"epoch": 5, "trai')  # Killed mid-write.
   os.chmod(path, 0o640)
-  metric_log.drop_epochs_after(tmp_path, resume_from)
+  metric_log.drop_epochs_after(tmp_path / "metrics.jsonl", resume_from)
   records = _strict_lines(path)
   assert [r["epoch"] for r in records if "epoch" in r] == kept_epochs
   assert [r for r in records if "epoch" not in r] == [
@@ -176,16 +178,16 @@ def test_a_resumed_run_drops_the_epochs_it_logs_again(
 
 
 def test_dropping_from_a_log_that_needs_no_change_keeps_it(tmp_path):
-  metric_log.drop_epochs_after(tmp_path, None)  # No log yet.
+  metric_log.drop_epochs_after(tmp_path / "metrics.jsonl", None)  # No log yet.
   assert not (tmp_path / "metrics.jsonl").exists()
   _log(tmp_path, [{"epoch": 1}, {"timing_s": {"total": 1.0}}])
   before = os.stat(tmp_path / "metrics.jsonl")
-  metric_log.drop_epochs_after(tmp_path, 1)
+  metric_log.drop_epochs_after(tmp_path / "metrics.jsonl", 1)
   assert os.stat(tmp_path / "metrics.jsonl").st_ino == before.st_ino
 
 
 def test_only_process_0_drops_epochs(tmp_path, monkeypatch):
   _log(tmp_path, [{"epoch": 1}, {"epoch": 2}])
   monkeypatch.setattr(metric_log.jax, "process_index", lambda: 1)
-  metric_log.drop_epochs_after(tmp_path, None)
-  assert len(metric_log.read_records(tmp_path)) == 2
+  metric_log.drop_epochs_after(tmp_path / "metrics.jsonl", None)
+  assert len(metric_log.read_records(tmp_path / "metrics.jsonl")) == 2

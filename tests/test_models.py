@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from aeasd_jax import models
+from aeasd_jax.models import autoencoders
 from configs import default
 
 
@@ -31,34 +31,34 @@ def test_parameter_count_matches_reference(name, vae, expected):
   config = default.get_config().model
   config.name = name
   config.vae = vae
-  model = nnx.eval_shape(lambda: models.build(config, nnx.Rngs(0)))
+  model = nnx.eval_shape(lambda: autoencoders.build(config, nnx.Rngs(0)))
   assert _count(model) == expected
 
 
 def test_vae_adds_a_log_variance_head_to_the_ae():
   config = default.get_config().model
   config.name = "AE"
-  ae = _count(models.build(config, nnx.Rngs(0)))
+  ae = _count(autoencoders.build(config, nnx.Rngs(0)))
   config.name = "VAE"
-  vae = _count(models.build(config, nnx.Rngs(0)))
+  vae = _count(autoencoders.build(config, nnx.Rngs(0)))
   # AE: Dense(128->8) + BN(8). VAE: two Dense(128->8) heads, no BN.
   assert vae - ae == (128 * 8 + 8) - 2 * 8
 
 
-@pytest.mark.parametrize("vae", sorted(models.VAES))
-@pytest.mark.parametrize("name", sorted(models.MODELS))
+@pytest.mark.parametrize("vae", sorted(autoencoders.VAES))
+@pytest.mark.parametrize("name", sorted(autoencoders.MODELS))
 def test_shapes_and_kl(name, vae):
   config = default.get_config().model
   config.name = name
   config.vae = vae
-  model = models.build(config, nnx.Rngs(0))
-  in_features, out_features = models.io_sizes(config)
+  model = autoencoders.build(config, nnx.Rngs(0))
+  in_features, out_features = autoencoders.io_sizes(config)
   x = jnp.ones((7, in_features))
   for train in (True, False):
     y, kl = model(x, train=train, key=jax.random.key(1))
     chex.assert_shape(y, (7, out_features))
     chex.assert_shape(kl, (7,))
-    if not models.MODELS[name].variational:
+    if not autoencoders.MODELS[name].variational:
       assert float(jnp.abs(kl).max()) == 0.0
     else:
       assert bool(jnp.all(kl >= 0))
@@ -74,7 +74,7 @@ def test_shapes_and_kl(name, vae):
 def test_vae_scoring_decodes_the_mean():
   config = default.get_config().model
   config.name = "VAE"
-  model = models.build(config, nnx.Rngs(0))
+  model = autoencoders.build(config, nnx.Rngs(0))
   x = jax.random.normal(jax.random.key(0), (5, 640))
   a, _ = model(x, train=False, key=jax.random.key(1))
   b, _ = model(x, train=False, key=jax.random.key(2))
@@ -87,9 +87,9 @@ def test_vae_scoring_decodes_the_mean():
 def test_bfloat16_compute_keeps_float32_parameters_and_output():
   config = default.get_config().model
   config.compute_dtype = "bfloat16"
-  model = models.build(config, nnx.Rngs(0))
+  model = autoencoders.build(config, nnx.Rngs(0))
   config.compute_dtype = "float32"
-  reference = models.build(config, nnx.Rngs(0))
+  reference = autoencoders.build(config, nnx.Rngs(0))
   for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)):
     assert leaf.dtype == jnp.float32
   x = jax.random.normal(jax.random.key(0), (64, 640)) * 10 - 40
@@ -119,7 +119,7 @@ def _uniform_checks(values, bound):
 
 def test_torch_init_is_torch_nn_linears():
   fan_in, fan_out = 1024, 1024
-  kernel_init, bias_init = models.INITS["torch"](fan_in)
+  kernel_init, bias_init = autoencoders.INITS["torch"](fan_in)
   bound = 1 / math.sqrt(fan_in)
   _uniform_checks(
     kernel_init(jax.random.key(0), (fan_in, fan_out), jnp.float32), bound
@@ -130,7 +130,7 @@ def test_torch_init_is_torch_nn_linears():
 
 def test_keras_init_is_glorot_uniform_and_zero_bias():
   fan_in, fan_out = 1024, 512
-  kernel_init, bias_init = models.INITS["keras"](fan_in)
+  kernel_init, bias_init = autoencoders.INITS["keras"](fan_in)
   _uniform_checks(
     kernel_init(jax.random.key(0), (fan_in, fan_out), jnp.float32),
     math.sqrt(6 / (fan_in + fan_out)),
@@ -139,12 +139,12 @@ def test_keras_init_is_glorot_uniform_and_zero_bias():
   assert float(jnp.abs(bias).max()) == 0.0
 
 
-@pytest.mark.parametrize("init", sorted(models.INITS))
+@pytest.mark.parametrize("init", sorted(autoencoders.INITS))
 @pytest.mark.parametrize("name", ["AE", "VAE"])
 def test_config_init_reaches_every_dense_layer(name, init):
   config = default.get_config().model
   config.name, config.vae, config.init = name, "aeasd", init
-  model = models.build(config, nnx.Rngs(0))
+  model = autoencoders.build(config, nnx.Rngs(0))
   dense = [m for _, m in nnx.iter_graph(model) if isinstance(m, nnx.Linear)]
   # Encoder and decoder blocks, the output; the AE's bottleneck or the VAE's
   # three heads.
@@ -165,7 +165,7 @@ def test_config_init_reaches_every_dense_layer(name, init):
 def test_aeasd_vae_is_deterministic_and_decodes_its_formula():
   config = default.get_config().model
   config.name, config.vae = "VAE", "aeasd"
-  model = models.build(config, nnx.Rngs(0))
+  model = autoencoders.build(config, nnx.Rngs(0))
   x = jax.random.normal(jax.random.key(0), (32, 640))
   for train in (True, False):
     # No noise: the key changes nothing, in training too.

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 import helpers
-from aeasd_jax import config_check
-from aeasd_jax import dataset
+from aeasd_jax.training import config_check
+from aeasd_jax.data import dataset
 from aeasd_jax.errors import AeasdError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,8 +39,10 @@ _RUN = textwrap.dedent("""
     assert jax.device_count() == int(devices), jax.devices()
     import ml_collections
     from flax import nnx
-    from aeasd_jax import models, train, trainer, window_data
-
+    from aeasd_jax.models import autoencoders
+    from aeasd_jax.training import train
+    from aeasd_jax.training import trainer
+    from aeasd_jax.data import window_data
     # Count the frame rows this process reads from the feature cache.
     read, rows = window_data.ClipFrames.__getitem__, {"read": 0, "total": 0}
     def counting_read(self, index):
@@ -55,7 +57,7 @@ _RUN = textwrap.dedent("""
       # device's share of the batch instead of the global batch. One device
       # normalising each of 8 sub-batches by its own statistics computes
       # exactly what 8 devices without a cross-device mean would.
-      block_call = models.DenseBlock.__call__
+      block_call = autoencoders.DenseBlock.__call__
       def ghost_call(self, x, *, train):
         if not train:
           return block_call(self, x, train=train)
@@ -70,7 +72,7 @@ _RUN = textwrap.dedent("""
         y = (ghosts - mean) * jax.lax.rsqrt(var + norm.epsilon)
         y = y.reshape(x.shape[:-1] + (-1,))
         return nnx.relu(y * norm.scale[...] + norm.bias[...])
-      models.DenseBlock.__call__ = ghost_call
+      autoencoders.DenseBlock.__call__ = ghost_call
 
     config = ml_collections.ConfigDict(json.load(open(config_file)))
     state = trainer.local_copy(train.train_and_evaluate(config, workdir))

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from aeasd_jax import dcase
-from aeasd_jax import official_score
+from aeasd_jax.data import dcase
+from aeasd_jax.metrics import official_score
 from aeasd_jax.errors import AeasdError
 
 sk = pytest.importorskip('sklearn.metrics')

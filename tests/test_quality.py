@@ -9,9 +9,9 @@ non-stationary machines.
 import numpy as np
 import pytest
 
-from aeasd_jax import evaluation
+from aeasd_jax.evaluation import evaluate
 from aeasd_jax import synth
-from aeasd_jax import train
+from aeasd_jax.training import train
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def tables(tmp_path_factory):
     config.model.name = name
     config.train.epochs = 20
     train.train_and_evaluate(config, base / name)
-    report = evaluation.evaluate(base / name)
+    report = evaluate.evaluate(base / name)
     result[name] = {
       t: np.mean([m["auc"] for m in by_id.values()])
       for t, by_id in report["dev"].items()

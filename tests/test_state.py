@@ -10,14 +10,14 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from aeasd_jax import checkpoint
-from aeasd_jax import dataset
-from aeasd_jax import run_identity
-from aeasd_jax import train
-from aeasd_jax import trainer as trainer_lib
-from aeasd_jax import window_data
-from aeasd_jax import workdir_files
-from aeasd_jax import workdir_weights
+from aeasd_jax.workdir import checkpoint
+from aeasd_jax.data import dataset
+from aeasd_jax.training import run_identity
+from aeasd_jax.training import train
+from aeasd_jax.training import trainer as trainer_lib
+from aeasd_jax.data import window_data
+from aeasd_jax.training import restore
+from aeasd_jax.workdir import layout
 
 
 def test_a_checkpoint_of_the_untyped_state_restores(tiny_config, tmp_path):
@@ -25,18 +25,18 @@ def test_a_checkpoint_of_the_untyped_state_restores(tiny_config, tmp_path):
   tiny_config.data.machine_types = ("fan",)
   train.train_and_evaluate(tiny_config, tmp_path)
   config = run_identity.load_config(tmp_path)
-  groups = workdir_files.read_groups(tmp_path)
-  _, params, batch_stats, _ = workdir_weights.load_weights(
-    config, tmp_path, groups, "latest"
+  groups = layout.Workdir(tmp_path).read_groups()
+  _, params, batch_stats, _ = restore.load_weights(
+    config, layout.Workdir(tmp_path), groups, "latest"
   )
-  mngr = checkpoint.manager(tmp_path)
+  mngr = checkpoint.manager(layout.Workdir(tmp_path).checkpoints)
   untyped = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore())
   assert isinstance(untyped, dict) and isinstance(untyped["best"], dict)
   mngr.save(99, args=ocp.args.StandardSave(untyped))
   mngr.wait_until_finished()
   mngr.close()
-  _, old_params, old_stats, tag = workdir_weights.load_weights(
-    config, tmp_path, groups, "99"
+  _, old_params, old_stats, tag = restore.load_weights(
+    config, layout.Workdir(tmp_path), groups, "99"
   )
   assert tag == "99@99"
   chex.assert_trees_all_equal((old_params, old_stats), (params, batch_stats))

@@ -4,14 +4,15 @@ import numpy as np
 import pytest
 
 import helpers
-from aeasd_jax import dataset
-from aeasd_jax import metric_log
-from aeasd_jax import train
-from aeasd_jax import window_data
+from aeasd_jax.data import dataset
+from aeasd_jax.workdir import metric_log
+from aeasd_jax.training import train
+from aeasd_jax.data import window_data
+from aeasd_jax.workdir import layout
 
 
 def _curve(workdir, key):
-  records = metric_log.read_records(workdir)
+  records = metric_log.read_records(layout.Workdir(workdir).metrics_file)
   return np.asarray([list(r[key].values()) for r in records if "epoch" in r])
 
 

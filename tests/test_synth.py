@@ -16,8 +16,8 @@ from scipy import stats
 import soundfile
 
 from aeasd_jax import synth
-from aeasd_jax import synth_clips
-from aeasd_jax import synth_sections
+from aeasd_jax.synth import clips
+from aeasd_jax.synth import sections
 from aeasd_jax.errors import AeasdError
 
 _TRAIN_NAME = re.compile(r'^normal_id_(\d\d)_(\d{8})\.wav$')
@@ -243,7 +243,7 @@ def test_a_failed_run_leaves_nothing_behind(tmp_path, monkeypatch, year):
       raise RuntimeError('disk full')
     return np.zeros(8000, np.int16)
 
-  monkeypatch.setattr(synth_clips, 'clip', failing_clip)
+  monkeypatch.setattr(clips, 'clip', failing_clip)
   with pytest.raises(RuntimeError):
     synth.generate(tmp_path / 'data', year=year, clips_per_id=2, seconds=0.5)
   assert not list(tmp_path.iterdir())
@@ -335,7 +335,7 @@ def test_2023_layout(small_2023):
   assert not list(small_2023.parent.glob('.*partial*'))
   targets = max(2, _CLIPS // 8)
   for machine_type in synth.MACHINE_TYPES:
-    key, source, target = synth_sections.DOMAIN_SHIFTS[machine_type]
+    key, source, target = sections.DOMAIN_SHIFTS[machine_type]
     values = {'source': str(source), 'target': str(target)}
     trains = sorted(
       (domain, 'train', 'normal', f'{k:04d}', key, values[domain])
@@ -372,7 +372,7 @@ def test_2023_layout(small_2023):
         for split in listed
         for name in _names(folder / split)
       )
-  assert synth_sections.DEV_ID != synth_sections.EVAL_ID
+  assert sections.DEV_ID != sections.EVAL_ID
 
 
 def test_2023_ground_truth_names_every_blind_clip(small_2023):
@@ -405,17 +405,17 @@ def test_2023_ground_truth_names_every_blind_clip(small_2023):
       identities.append(fields)
       # The blind clip is the one its full name stands for.
       samples, rate = soundfile.read(test / blind_name, dtype='int16')
-      expected = synth_clips.clip(
+      expected = clips.clip(
         0,
         machine_type,
-        synth_sections.EVAL_ID,
-        synth_clips.TEST,
+        sections.EVAL_ID,
+        clips.TEST,
         int(label),
         int(fields[3]),
         len(samples),
         rate,
         int(domain),
-        synth_sections.speed(machine_type, int(domain)),
+        sections.speed(machine_type, int(domain)),
       )
       np.testing.assert_array_equal(samples, expected)
     dev_tests = _names(small_2023 / 'dev_data' / 'raw' / machine_type / 'test')
@@ -468,7 +468,7 @@ _MEASURES = {
 
 @pytest.mark.parametrize('machine_type', synth.MACHINE_TYPES)
 def test_2023_target_domain_shifts_the_attribute(small_2023, machine_type):
-  _, source, target = synth_sections.DOMAIN_SHIFTS[machine_type]
+  _, source, target = sections.DOMAIN_SHIFTS[machine_type]
   found = {}
   for domain in ('source', 'target'):
     # One machine's normal clips; their mean curve has a steadier peak than

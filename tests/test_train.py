@@ -13,14 +13,15 @@ import orbax.checkpoint as ocp
 import pytest
 
 import helpers
-from aeasd_jax import config_check
-from aeasd_jax import metric_log
-from aeasd_jax import dataset
-from aeasd_jax import evaluation
-from aeasd_jax import train
-from aeasd_jax import trainer as trainer_lib
-from aeasd_jax import window_data
+from aeasd_jax.training import config_check
+from aeasd_jax.workdir import metric_log
+from aeasd_jax.data import dataset
+from aeasd_jax.evaluation import evaluate
+from aeasd_jax.training import train
+from aeasd_jax.training import trainer as trainer_lib
+from aeasd_jax.data import window_data
 from aeasd_jax.errors import AeasdError
+from aeasd_jax.workdir import layout
 
 
 # Different programs (here: 4 models vmapped vs 2) round differently. The
@@ -40,7 +41,11 @@ def test_loss_falls_and_checkpoints_are_written(tiny_config, tmp_path):
   tiny_config.train.epochs = 4
   tiny_config.train.keep_checkpoints = 2
   train.train_and_evaluate(tiny_config, tmp_path)
-  records = [r for r in metric_log.read_records(tmp_path) if "epoch" in r]
+  records = [
+    r
+    for r in metric_log.read_records(layout.Workdir(tmp_path).metrics_file)
+    if "epoch" in r
+  ]
   assert [r["epoch"] for r in records] == [1, 2, 3, 4]
   for name in records[0]["train_loss"]:
     assert records[-1]["train_loss"][name] < records[0]["train_loss"][name]
@@ -270,7 +275,11 @@ def test_dev_auc_selection_keeps_the_weights_of_the_best_auc(
   tiny_config.train.select_by = "dev_auc"
   tiny_config.train.select_every = 1
   state = train.train_and_evaluate(tiny_config, tmp_path)
-  records = [r for r in metric_log.read_records(tmp_path) if "epoch" in r]
+  records = [
+    r
+    for r in metric_log.read_records(layout.Workdir(tmp_path).metrics_file)
+    if "epoch" in r
+  ]
   aucs = np.asarray([list(r["dev_auc"].values()) for r in records])
   np.testing.assert_allclose(
     -np.asarray(state.best.metric), aucs.max(axis=0), rtol=1e-6
@@ -280,7 +289,7 @@ def test_dev_auc_selection_keeps_the_weights_of_the_best_auc(
     np.asarray(state.best.epoch), aucs.argmax(axis=0) + 1
   )
   # The kept weights are the ones that scored it.
-  report = evaluation.evaluate(tmp_path)
+  report = evaluate.evaluate(tmp_path)
   names = list(records[0]["dev_auc"])
   for name, best_auc in zip(names, aucs.max(axis=0)):
     by_id = report["dev"][name.split("/")[0]]

@@ -7,9 +7,10 @@ import stat
 
 import pytest
 
-from aeasd_jax import run_identity
-from aeasd_jax import workdir_files
+from aeasd_jax.training import run_identity
+from aeasd_jax.workdir import file_io
 from aeasd_jax.errors import AeasdError
+from aeasd_jax.workdir import layout
 from configs import default
 
 
@@ -18,13 +19,13 @@ _IDENTITY = {"fingerprint": "0" * 64, "training_clips": 1, "root": "/data"}
 
 def _prepare(workdir, config):
   """What train.py does to a workdir before training: check, then record."""
-  run_identity.check_resume(workdir, config)
+  run_identity.check_resume(layout.Workdir(workdir), config)
   groups = (
-    workdir_files.read_groups(workdir)
+    layout.Workdir(workdir).read_groups()
     if (workdir / "groups.json").exists()
     else ["fan"]
   )
-  run_identity.record_run(workdir, config, groups, _IDENTITY)
+  run_identity.record_run(layout.Workdir(workdir), config, groups, _IDENTITY)
 
 
 def _strict_loads(text):
@@ -48,8 +49,8 @@ def _mode(path):
 def test_a_new_file_gets_the_umask_mode(tmp_path, umask_027):
   plain = tmp_path / "plain.txt"
   plain.write_text("x")
-  workdir_files.write_text(tmp_path / "atomic.json", "{}")
-  with workdir_files.atomic_open(tmp_path / "plot.png", "wb") as f:
+  file_io.write_text(tmp_path / "atomic.json", "{}")
+  with file_io.atomic_open(tmp_path / "plot.png", "wb") as f:
     f.write(b"png")
   assert _mode(plain) == 0o640
   assert _mode(tmp_path / "atomic.json") == _mode(plain)
@@ -60,7 +61,7 @@ def test_a_replaced_file_keeps_its_mode(tmp_path, umask_027):
   path = tmp_path / "thresholds.json"
   path.write_text("{}")
   os.chmod(path, 0o664)
-  workdir_files.write_text(path, '{"a": 1}')
+  file_io.write_text(path, '{"a": 1}')
   assert _mode(path) == 0o664
   assert json.loads(path.read_text()) == {"a": 1}
   assert [p.name for p in tmp_path.iterdir()] == ["thresholds.json"]
@@ -70,7 +71,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
   path = tmp_path / "config.json"
   path.write_text("old")
   with pytest.raises(RuntimeError):
-    with workdir_files.atomic_open(path) as f:
+    with file_io.atomic_open(path) as f:
       f.write("new")
       raise RuntimeError("killed")
   assert path.read_text() == "old"
@@ -91,7 +92,7 @@ def test_non_finite_floats_are_written_as_null(tmp_path):
       "ok": True,
     }
   }
-  text = workdir_files.dumps_json(value, indent=2, sort_keys=True)
+  text = file_io.dumps_json(value, indent=2, sort_keys=True)
   assert _strict_loads(text) == {
     "best@3": {
       "thresholds": {"fan": None, "pump": None, "valve": None, "slider": 1.5},
@@ -100,7 +101,7 @@ def test_non_finite_floats_are_written_as_null(tmp_path):
       "ok": True,
     }
   }
-  workdir_files.write_json(tmp_path / "thresholds.json", value)
+  file_io.write_json(tmp_path / "thresholds.json", value)
   _strict_loads((tmp_path / "thresholds.json").read_text())
 
 
@@ -219,12 +220,12 @@ def test_a_missing_file_is_named(tmp_path):
   ):
     run_identity.load_config(tmp_path)
   with pytest.raises(AeasdError, match=r"groups.json: missing"):
-    workdir_files.read_groups(tmp_path)
-  assert workdir_files.read_thresholds(tmp_path) == {}
+    layout.Workdir(tmp_path).read_groups()
+  assert layout.Workdir(tmp_path).read_thresholds() == {}
 
 
 def test_stored_null_thresholds_read_back_as_nan(tmp_path):
-  workdir_files.write_json(
+  file_io.write_json(
     tmp_path / "thresholds.json",
     {
       "best@2": {
@@ -234,7 +235,7 @@ def test_stored_null_thresholds_read_back_as_nan(tmp_path):
       }
     },
   )
-  stored = workdir_files.read_thresholds(tmp_path)
+  stored = layout.Workdir(tmp_path).read_thresholds()
   assert math.isnan(stored["best@2"]["thresholds"]["fan"])
   assert stored["best@2"]["thresholds"]["pump"] == 1.5
   assert stored["best@2"]["percentile"] == 90.0
@@ -243,8 +244,8 @@ def test_stored_null_thresholds_read_back_as_nan(tmp_path):
 def test_a_good_workdir_passes_and_keeps_its_config(tmp_path):
   config = default.get_config()
   _prepare(tmp_path, config)
-  workdir_files.write_json(tmp_path / "groups.json", ["fan", "pump"])
-  workdir_files.write_json(
+  file_io.write_json(tmp_path / "groups.json", ["fan", "pump"])
+  file_io.write_json(
     tmp_path / "thresholds.json",
     {
       "best@2": {
@@ -255,7 +256,7 @@ def test_a_good_workdir_passes_and_keeps_its_config(tmp_path):
     },
   )
   _prepare(tmp_path, config)
-  assert workdir_files.read_groups(tmp_path) == ["fan", "pump"]
+  assert layout.Workdir(tmp_path).read_groups() == ["fan", "pump"]
   assert run_identity.load_config(tmp_path).to_dict() == json.loads(
     config.to_json()
   )

@@ -14,8 +14,9 @@ import time
 import numpy as np
 import pytest
 
-from aeasd_jax import workdir_lock
+from aeasd_jax.workdir import lock
 from aeasd_jax.errors import AeasdError
+from aeasd_jax.workdir import layout
 
 
 @pytest.fixture(autouse=True)
@@ -25,7 +26,7 @@ def _propagate(monkeypatch):
 
 
 def _lock(workdir):
-  return workdir / workdir_lock.LOCK_FILE
+  return layout.Workdir(workdir).lock_file
 
 
 def _write_lock(workdir, age_s=0.0, **holder):
@@ -33,8 +34,8 @@ def _write_lock(workdir, age_s=0.0, **holder):
     "name": "train.py",
     "pid": os.getpid(),
     "host": socket.gethostname(),
-    "pid_space": workdir_lock._pid_space(),
-    "start": workdir_lock._start_time(os.getpid()),
+    "pid_space": lock._pid_space(),
+    "start": lock._start_time(os.getpid()),
     "started_at": "2026-01-02T03:04:05+00:00",
     **holder,
   }
@@ -50,7 +51,7 @@ def _heartbeats():
 
 
 def test_a_second_holder_is_refused_naming_the_first(tmp_path):
-  with workdir_lock.hold(tmp_path, 60.0):
+  with lock.hold(layout.Workdir(tmp_path), 60.0):
     holder = json.loads(_lock(tmp_path).read_text())
     assert holder["pid"] == os.getpid()
     with pytest.raises(
@@ -61,7 +62,7 @@ def test_a_second_holder_is_refused_naming_the_first(tmp_path):
         " workdir"
       ),
     ):
-      with workdir_lock.hold(tmp_path, 60.0):
+      with lock.hold(layout.Workdir(tmp_path), 60.0):
         pass
     assert _lock(tmp_path).exists()  # The refused run left it alone.
   assert not _lock(tmp_path).exists()
@@ -70,11 +71,11 @@ def test_a_second_holder_is_refused_naming_the_first(tmp_path):
 
 def test_the_lock_is_released_on_an_exception(tmp_path):
   with pytest.raises(KeyboardInterrupt):
-    with workdir_lock.hold(tmp_path, 60.0):
+    with lock.hold(layout.Workdir(tmp_path), 60.0):
       raise KeyboardInterrupt
   assert not _lock(tmp_path).exists()
   assert not _heartbeats()
-  with workdir_lock.hold(tmp_path, 60.0):
+  with lock.hold(layout.Workdir(tmp_path), 60.0):
     pass
 
 
@@ -87,16 +88,16 @@ def test_a_lock_of_a_dead_process_on_this_host_is_taken_over(tmp_path, caplog):
   )
   _write_lock(tmp_path, pid=int(child.stdout), start=None)
   with caplog.at_level(logging.WARNING):
-    with workdir_lock.hold(tmp_path, 60.0):
+    with lock.hold(layout.Workdir(tmp_path), 60.0):
       assert json.loads(_lock(tmp_path).read_text())["pid"] == os.getpid()
   assert f"pid {int(child.stdout)} on this host, has exited" in caplog.text
 
 
 def test_a_reused_pid_does_not_keep_a_lock(tmp_path, caplog):
   # This process's pid, but the holder started at another time.
-  _write_lock(tmp_path, start=workdir_lock._start_time(os.getpid()) - 1)
+  _write_lock(tmp_path, start=lock._start_time(os.getpid()) - 1)
   with caplog.at_level(logging.WARNING):
-    with workdir_lock.hold(tmp_path, 60.0):
+    with lock.hold(layout.Workdir(tmp_path), 60.0):
       pass
   assert "has exited" in caplog.text
 
@@ -112,11 +113,11 @@ def test_a_lock_from_another_host_is_kept_while_fresh(tmp_path, caplog):
       rf" {_lock(tmp_path)}"
     ),
   ):
-    with workdir_lock.hold(tmp_path, 60.0):
+    with lock.hold(layout.Workdir(tmp_path), 60.0):
       pass
   _write_lock(tmp_path, age_s=61.0, host="node7", pid=4242, pid_space="x")
   with caplog.at_level(logging.WARNING):
-    with workdir_lock.hold(tmp_path, 60.0):
+    with lock.hold(layout.Workdir(tmp_path), 60.0):
       assert json.loads(_lock(tmp_path).read_text())["pid"] == os.getpid()
   assert "last refreshed 61s ago" in caplog.text
   assert not list(tmp_path.iterdir())
@@ -127,15 +128,15 @@ def test_an_unreadable_lock_is_judged_by_its_age(tmp_path):
   with pytest.raises(
     AeasdError, match="by a run that is starting, or is damaged"
   ):
-    with workdir_lock.hold(tmp_path, 60.0):
+    with lock.hold(layout.Workdir(tmp_path), 60.0):
       pass
   os.utime(_lock(tmp_path), (time.time() - 120, time.time() - 120))
-  with workdir_lock.hold(tmp_path, 60.0):
+  with lock.hold(layout.Workdir(tmp_path), 60.0):
     pass
 
 
 def test_the_heartbeat_refreshes_the_mtime(tmp_path):
-  with workdir_lock.hold(tmp_path, 0.2):
+  with lock.hold(layout.Workdir(tmp_path), 0.2):
     old = time.time() - 100
     os.utime(_lock(tmp_path), (old, old))
     time.sleep(0.3)
@@ -145,7 +146,7 @@ def test_the_heartbeat_refreshes_the_mtime(tmp_path):
 
 
 def test_a_lock_taken_over_meanwhile_is_not_removed(tmp_path):
-  with workdir_lock.hold(tmp_path, 60.0):
+  with lock.hold(layout.Workdir(tmp_path), 60.0):
     os.unlink(_lock(tmp_path))
     _write_lock(tmp_path, host="node7", pid_space="x")
   assert json.loads(_lock(tmp_path).read_text())["host"] == "node7"
@@ -153,11 +154,11 @@ def test_a_lock_taken_over_meanwhile_is_not_removed(tmp_path):
 
 def test_a_racing_takeover_puts_a_fresh_lock_back(tmp_path):
   _write_lock(tmp_path, age_s=120.0, host="node7", pid=1, pid_space="x")
-  stale = workdir_lock._Seen(_lock(tmp_path))
+  stale = lock._Seen(_lock(tmp_path))
   # Another run took it over first and now holds a fresh lock.
   os.unlink(_lock(tmp_path))
   _write_lock(tmp_path, host="node8", pid=2, pid_space="y")
-  aside = workdir_lock._move_aside(_lock(tmp_path), stale)
+  aside = lock._move_aside(_lock(tmp_path), stale)
   os.unlink(aside)
   assert json.loads(_lock(tmp_path).read_text())["host"] == "node8"
 
@@ -169,42 +170,42 @@ def test_the_stale_setting_must_be_a_positive_number(tmp_path, value):
     match=r"config.workdir_lock_stale_s=.*:"
     " expected a positive number of seconds",
   ):
-    with workdir_lock.hold(tmp_path, value):
+    with lock.hold(layout.Workdir(tmp_path), value):
       pass
 
 
 def test_other_processes_raise_what_process_0_got(tmp_path, monkeypatch):
   message = "workdir w is in use by train.py (pid 1 on host h, since t)"
-  sent = np.zeros(workdir_lock._MESSAGE_BYTES, np.int32)
+  sent = np.zeros(lock._MESSAGE_BYTES, np.int32)
   sent[: len(message)] = np.frombuffer(message.encode(), np.uint8)
-  monkeypatch.setattr(workdir_lock.jax, "process_count", lambda: 2)
-  monkeypatch.setattr(workdir_lock.jax, "process_index", lambda: 1)
+  monkeypatch.setattr(lock.jax, "process_count", lambda: 2)
+  monkeypatch.setattr(lock.jax, "process_index", lambda: 1)
   monkeypatch.setattr(
-    workdir_lock.multihost_utils, "broadcast_one_to_all", lambda x: sent
+    lock.multihost_utils, "broadcast_one_to_all", lambda x: sent
   )
   with pytest.raises(AeasdError) as raised:
-    with workdir_lock.hold(tmp_path, 60.0):
+    with lock.hold(layout.Workdir(tmp_path), 60.0):
       pass
   assert str(raised.value) == message
   assert not _lock(tmp_path).exists()  # Only process 0 takes the lock.
   monkeypatch.setattr(
-    workdir_lock.multihost_utils, "broadcast_one_to_all", np.zeros_like
+    lock.multihost_utils, "broadcast_one_to_all", np.zeros_like
   )
-  with workdir_lock.hold(tmp_path, 60.0):  # Process 0 got the lock.
+  with lock.hold(layout.Workdir(tmp_path), 60.0):  # Process 0 got the lock.
     pass
 
 
 def test_process_0_shares_its_error(tmp_path, monkeypatch):
   _write_lock(tmp_path)
   shared = []
-  monkeypatch.setattr(workdir_lock.jax, "process_count", lambda: 2)
+  monkeypatch.setattr(lock.jax, "process_count", lambda: 2)
   monkeypatch.setattr(
-    workdir_lock.multihost_utils,
+    lock.multihost_utils,
     "broadcast_one_to_all",
     lambda x: shared.append(x) or x,
   )
   with pytest.raises(AeasdError) as raised:
-    with workdir_lock.hold(tmp_path, 60.0):
+    with lock.hold(layout.Workdir(tmp_path), 60.0):
       pass
   text = shared[0].astype(np.uint8).tobytes().rstrip(b"\0").decode()
   assert text == str(raised.value)
@@ -212,8 +213,8 @@ def test_process_0_shares_its_error(tmp_path, monkeypatch):
 
 _HOLDER = textwrap.dedent("""
     import sys, time
-    from aeasd_jax import workdir_lock
-    with workdir_lock.hold(sys.argv[1], 60.0):
+    from aeasd_jax.workdir import layout, lock
+    with lock.hold(layout.Workdir(sys.argv[1]), 60.0):
       print("held", flush=True)
       time.sleep(300)
 """)
@@ -238,17 +239,17 @@ def test_a_killed_holder_process_is_taken_over(tmp_path, caplog, reaped):
         rf" {socket.gethostname()}, .*Wait for it to finish"
       ),
     ):
-      with workdir_lock.hold(tmp_path, 60.0):
+      with lock.hold(layout.Workdir(tmp_path), 60.0):
         pass
     os.kill(holder.pid, signal.SIGKILL)
     if reaped:
       holder.wait(timeout=60)
     else:  # Until its parent waits for it, a killed process is a zombie.
-      while workdir_lock._proc_stat(holder.pid)[0] != "Z":
+      while lock._proc_stat(holder.pid)[0] != "Z":
         time.sleep(0.01)
     assert _lock(tmp_path).exists()  # SIGKILL left it behind.
     with caplog.at_level(logging.WARNING):
-      with workdir_lock.hold(tmp_path, 60.0):
+      with lock.hold(layout.Workdir(tmp_path), 60.0):
         pass
   finally:
     holder.kill()

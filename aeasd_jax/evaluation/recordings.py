@@ -1,0 +1,217 @@
+"""Scoring new recordings with a trained run, as a plant engineer would.
+
+Each file gets a score, its group's threshold and a decision, or its own
+error; printed one line a file, with names escaped so none can forge a line.
+"""
+
+import functools
+import pathlib
+import re
+
+import numpy as np
+
+from aeasd_jax.data import audio
+from aeasd_jax.data import cache
+from aeasd_jax.data import dataset
+from aeasd_jax.data import dcase
+from aeasd_jax.evaluation import evaluate
+from aeasd_jax.data import features as features_lib
+from aeasd_jax.scoring import group_scoring
+from aeasd_jax.training import run_identity
+from aeasd_jax.workdir import layout
+from aeasd_jax.training import restore
+from aeasd_jax.errors import AeasdError
+from aeasd_jax.errors import shown
+
+
+def _recording_paths(path):
+  path = pathlib.Path(path)
+  if path.is_file():
+    return [path]
+  if path.is_dir():
+    found = dcase.audio_files(path, recursive=True)
+    if found:
+      return found
+    raise AeasdError(f"--wav={path}: no .wav or .flac files in the folder")
+  raise AeasdError(f"--wav={path}: no such file or folder")
+
+
+def _rate_advice(sample_rate):
+  # config.data.resample is the run's setting, fixed when it was trained.
+  rate = int(sample_rate)
+  return (
+    f"resample it to {rate} Hz first (e.g. sox in.wav -r {rate} out.wav),"
+    " or retrain with --config.data.resample=True"
+  )
+
+
+def _group_of_recording(path, machine_type, group_names):
+  if machine_type in group_names:
+    return machine_type
+  match = re.search(r"id_\d+", path.name)
+  name = f"{machine_type}/{match.group(0)}" if match else None
+  if name not in group_names:
+    prefix = machine_type + "/"
+    trained_ids = [
+      g[len(prefix) :] for g in group_names if g.startswith(prefix)
+    ]
+    raise AeasdError(
+      f"{path}: this run has one model per machine type and id, and the"
+      f" file name gives no trained id of {machine_type}; expected a name"
+      f" containing one of {trained_ids}"
+    )
+  return name
+
+
+def score_recordings(
+  workdir,
+  path,
+  *,
+  machine_type=None,
+  which="best",
+  data_root=None,
+  score_method=None,
+):
+  """Scores any recordings with a trained run and decides normal or anomaly.
+
+  Args:
+    workdir: the run's folder.
+    path: a file or a folder of .wav/.flac files.
+    machine_type: which type's model scores them; optional when the run
+      trained one type.
+    which: the --checkpoint value.
+    data_root: where the run's data lies now, needed only to fit thresholds
+      that thresholds.json lacks (see evaluate.load_data).
+    score_method: "mse" or "mahalanobis" in place of config.score.method.
+
+  Returns:
+    One dict per file: path, and score, threshold and anomaly, or error.
+  """
+  workdir = layout.Workdir(workdir)
+  config = evaluate.with_score_method(
+    run_identity.load_config(workdir), score_method
+  )
+  group_names = workdir.read_groups()
+  machine_type = _machine_type(machine_type, group_names)
+  setup, params, batch_stats, tag = restore.load_weights(
+    config, workdir, group_names, which
+  )
+  # The dataset is needed only for what the workdir has not stored.
+  load_data = functools.cache(
+    lambda: evaluate.load_data(workdir, config, data_root)
+  )
+  precision = group_scoring.precision_for(
+    config, workdir, load_data, setup, params, batch_stats
+  )
+  thresholds = group_scoring.thresholds_for(
+    config, workdir, load_data, setup, params, batch_stats, tag, precision
+  )
+  rows, recordings = _read_recordings(config, path, machine_type, group_names)
+  if recordings is not None:
+    weights = (setup, params, batch_stats, precision)
+    _score(config, rows, recordings, group_names, weights, thresholds)
+  _print_rows(rows)
+  if recordings is None:
+    raise AeasdError(
+      f"--wav={shown(path)}: none of the {len(rows)} file(s)"
+      " could be scored (each one's error is printed above);"
+      " expected readable recordings"
+    )
+  return rows
+
+
+def _machine_type(machine_type, group_names):
+  """--machine_type, checked; the one type a run trained when not given."""
+  types = sorted({g.split("/")[0] for g in group_names})
+  if machine_type is None and len(types) == 1:
+    machine_type = types[0]
+  if machine_type not in types:
+    raise AeasdError(
+      f"--machine_type={machine_type}: expected one of the"
+      f" types this run trained: {types}"
+    )
+  return machine_type
+
+
+def _read_recordings(config, path, machine_type, group_names):
+  """Each recording's log-mel frames, or the error that stops it.
+
+  Returns:
+    (rows, recordings): one row per file, {"path", "group"} or {"path",
+    "error"}; recordings is a FeatureCache of the readable files (its clip
+    indices are their rows), or None when there is none.
+  """
+  # One program per bucket of lengths, not one per distinct length.
+  log_mel = features_lib.ClipLogMel(dict(config.features))
+  rows, clips, frames = [], [], []
+  for file in _recording_paths(path):
+    row = {"path": str(file)}
+    rows.append(row)
+    try:
+      group = _group_of_recording(file, machine_type, group_names)
+      wave = audio.read_audio(
+        file,
+        sample_rate=config.features.sample_rate,
+        resample=config.data.resample,
+        min_samples=config.features.n_fft,
+        channel=dataset.audio_channel(config, config.data.dcase_year),
+        rate_advice=_rate_advice(config.features.sample_rate),
+      )
+      mel = log_mel([wave])[0]
+      if len(mel) < config.model.frames:
+        raise AeasdError(
+          f"{file}: {len(mel)} frames, fewer than"
+          f" config.model.frames={config.model.frames};"
+          " expected a longer recording"
+        )
+    except AeasdError as e:
+      row["error"] = str(e)
+      continue
+    row["group"] = group
+    clips.append(len(rows) - 1)
+    frames.append(mel)
+  if not clips:
+    return rows, None
+  lengths = np.asarray([len(f) for f in frames], np.int64)
+  return rows, cache.FeatureCache(
+    directory=None,
+    frames=np.concatenate(frames),
+    clips=tuple(clips),
+    offsets=np.concatenate([[0], np.cumsum(lengths)[:-1]]),
+    lengths=lengths,
+    bad_files=(),
+  )
+
+
+def _score(config, rows, recordings, group_names, weights, thresholds):
+  """Adds score, threshold and anomaly to each readable recording's row."""
+  setup, params, batch_stats, precision = weights
+  clips = recordings.clips
+  members = [
+    [i for i, c in enumerate(clips) if rows[c]["group"] == g]
+    for g in group_names
+  ]
+  scores = group_scoring.score_groups(
+    config, recordings, setup, params, batch_stats, members, precision
+  )
+  for name, indices, per_seed in zip(group_names, members, scores):
+    for i, score in zip(indices, per_seed.mean(0)):
+      rows[clips[i]].update(
+        score=float(score),
+        threshold=thresholds[name],
+        anomaly=bool(score > thresholds[name]),
+      )
+
+
+def _print_rows(rows):
+  # Tab-separated fields; a name holding a tab or newline is printed
+  # escaped, so it cannot forge a field or a line.
+  for row in rows:
+    if "error" in row:
+      print(f"{shown(row['path'])}\tERROR\t{shown(row['error'])}")
+    else:
+      verdict = "ANOMALY" if row["anomaly"] else "normal"
+      print(
+        f"{shown(row['path'])}\t{row['score']:.6g}\t(threshold"
+        f" {row['threshold']:.6g})\t{verdict}"
+      )

@@ -1,0 +1,313 @@
+"""Scores of every group's models and what they give: AUC tables, thresholds.
+
+Training (dev AUC selection, thresholds) and evaluation both score groups
+through here, so this module imports neither.
+"""
+
+import hashlib
+import logging
+
+import jax
+import numpy as np
+
+from aeasd_jax.scoring import mahalanobis
+from aeasd_jax.metrics import result_tables
+from aeasd_jax.scoring import reconstruction
+from aeasd_jax.data import window_data
+from aeasd_jax.workdir import file_io
+
+log = logging.getLogger(__name__)
+
+# The stored Mahalanobis statistics: one <weights digest>.npz per weights.
+
+
+def score_models(
+  config, features, setup, params, batch_stats, clip_lists, precision=None
+):
+  """Per-model scores of per-model clip lists, in one set of device calls.
+
+  With `precision` (mahalanobis_precision), the selective Mahalanobis score;
+  otherwise the pooled reconstruction error.
+  """
+  if precision is not None:
+    return mahalanobis.score_clip_lists(
+      setup.graphdef,
+      params,
+      batch_stats,
+      features,
+      clip_lists,
+      precision,
+      frames_per_window=config.model.frames,
+      interpolate=setup.interpolate,
+      batch_windows=config.score.batch_windows,
+    )
+  return reconstruction.score_clip_lists(
+    setup.graphdef,
+    params,
+    batch_stats,
+    features,
+    clip_lists,
+    frames_per_window=config.model.frames,
+    interpolate=setup.interpolate,
+    pooling=config.score.pooling,
+    decay=config.score.gwrp_decay,
+    batch_windows=config.score.batch_windows,
+  )
+
+
+def score_groups(
+  config,
+  features,
+  setup,
+  params,
+  batch_stats,
+  clips_per_group,
+  precision=None,
+):
+  """[seeds, clips] scores per group, each group's seeds on its own clips."""
+  clip_lists = [clips_per_group[g] for g in setup.group_of_model]
+  flat = score_models(
+    config, features, setup, params, batch_stats, clip_lists, precision
+  )
+  seeds = config.train.num_seeds
+  return [
+    np.stack(flat[g * seeds : (g + 1) * seeds])
+    for g in range(len(clips_per_group))
+  ]
+
+
+def mahalanobis_precision(
+  config, workdir, load_data, setup, params, batch_stats
+):
+  """The Mahalanobis precisions of these weights, fitted once and stored.
+
+  Stored under the weights' digest, so a resumed run, or an evaluation of
+  the same weights, restores them, and other weights never find them.
+
+  The pass follows the 2023+ baseline: each model's training clips (not its
+  validation clips), in shuffled batches of config.train.batch_size windows
+  (the baseline's 256 with configs/dcase2023.py), each batch centred on its
+  own means, the domain "target" where the file name says so.
+
+  Args:
+    config, workdir, setup, params, batch_stats: the run and its weights.
+    load_data: () -> (features, groups), called only to fit: scoring new
+      recordings with stored statistics needs no dataset.
+
+  Returns:
+    [models, 2, n_mels, n_mels] float32 (mahalanobis.DOMAINS order).
+  """
+  path = workdir.mahalanobis_file(weights_digest(params, batch_stats))
+  if path.exists():
+    with np.load(path) as stored:
+      return mahalanobis.MahalanobisStats(**stored).precision
+  features, groups = load_data()
+  clip_lists = [groups[g].train_clips for g in setup.group_of_model]
+  stats = mahalanobis.fit_clip_lists(
+    setup.graphdef,
+    params,
+    batch_stats,
+    features,
+    clip_lists,
+    [
+      [mahalanobis.clip_domain(features.clips[c].name) for c in clips]
+      for clips in clip_lists
+    ],
+    frames_per_window=config.model.frames,
+    interpolate=setup.interpolate,
+    batch_size=config.train.batch_size,
+    seeds=[
+      [config.seed, window_data.stable_hash(name)] for name in setup.model_names
+    ],
+    names=list(setup.model_names),
+  )
+  path.parent.mkdir(exist_ok=True)
+  with file_io.atomic_open(path, "wb") as f:
+    np.savez(f, **stats._asdict())
+  return stats.precision
+
+
+def precision_for(config, workdir, load_data, setup, params, batch_stats):
+  """mahalanobis_precision when config.score.method asks for it, else None."""
+  if config.score.method != "mahalanobis":
+    return None
+  return mahalanobis_precision(
+    config, workdir, load_data, setup, params, batch_stats
+  )
+
+
+def dev_test_clips(features, group):
+  return [c for c in group.test_clips if features.clips[c].subset == "dev"]
+
+
+def dev_auc_per_model(config, features, groups, setup, state):
+  """[models] dev test score of the current weights: AE-ASD's selection.
+
+  The year's headline figure (result_tables.headline): the mean AUC over
+  ids in 2020, the official score from 2021. It peeks at labelled test data.
+  A model without dev test clips (an eval-only type, from 2023) gets nan:
+  nothing to select by.
+  """
+  clip_lists = [
+    dev_test_clips(features, groups[g]) for g in setup.group_of_model
+  ]
+  scores = score_models(
+    config, features, setup, state.params, state.batch_stats, clip_lists
+  )
+  year = config.data.dcase_year
+  return np.asarray(
+    [
+      result_tables.headline(
+        year,
+        result_tables.metric_table(
+          year,
+          result_tables.scored_clips(
+            features, [clips], [s], result_tables.own_truth, [None]
+          ),
+          warn=False,
+        ),
+      )
+      if len(clips)
+      else np.nan
+      for clips, s in zip(clip_lists, scores)
+    ]
+  )
+
+
+def fit_threshold(scores, percentile):
+  """The `percentile` point of a gamma distribution fitted to normal scores.
+
+  As the DCASE 2021+ baselines do; with fewer than 3 scores the fit is
+  meaningless, so the largest score is used instead.
+  """
+  # Imported here, as scipy.signal is in audio.py and synth/: scipy's
+  # import costs ~0.65 s, which every start would otherwise pay.
+  import scipy.stats  # pylint: disable=g-import-not-at-top
+
+  scores = np.asarray(scores, np.float64)
+  if len(scores) < 3 or np.ptp(scores) == 0:
+    return float(np.max(scores))
+  shape, loc, scale = scipy.stats.gamma.fit(scores)
+  threshold = scipy.stats.gamma.ppf(percentile / 100, shape, loc, scale)
+  if not np.isfinite(threshold):
+    shape, loc, scale = scipy.stats.gamma.fit(scores, floc=0)
+    threshold = scipy.stats.gamma.ppf(percentile / 100, shape, loc, scale)
+  # A fit that fails both ways would decide nothing; the largest normal
+  # score is the threshold the small-sample case uses.
+  return float(threshold) if np.isfinite(threshold) else float(np.max(scores))
+
+
+def _threshold_clips(group):
+  # Held-out normal clips score like unseen normal sound; without them the
+  # training clips are used, which sets the threshold somewhat low.
+  return (
+    list(group.val_clips) if len(group.val_clips) else list(group.train_clips)
+  )
+
+
+def fit_thresholds(
+  config,
+  workdir,
+  features,
+  groups,
+  setup,
+  params,
+  batch_stats,
+  tag,
+  precision=None,
+):
+  """Fits and stores each group's decision threshold for weights `tag`.
+
+  The threshold applies to the seed-ensemble score (the mean over seeds), of
+  config.score.method (`precision` as score_models takes it). For the
+  Mahalanobis score the gamma is fitted to clip scores, like the MSE's; the
+  baseline fits it to scores of 256-window training batches instead.
+
+  Returns:
+    {group name: threshold}
+  """
+  scores = score_groups(
+    config,
+    features,
+    setup,
+    params,
+    batch_stats,
+    [_threshold_clips(g) for g in groups],
+    precision,
+  )
+  thresholds = {
+    g.name: fit_threshold(s.mean(0), config.score.threshold_percentile)
+    for g, s in zip(groups, scores)
+  }
+  stored = workdir.read_thresholds()
+  stored[_threshold_key(config, tag)] = {
+    "percentile": config.score.threshold_percentile,
+    "pooling": config.score.pooling,
+    "weights": weights_digest(params, batch_stats),
+    "thresholds": thresholds,
+  }
+  workdir.write_thresholds(stored)
+  return thresholds
+
+
+def stored_thresholds(config, workdir, tag, params, batch_stats):
+  """Thresholds stored for these very weights with the current settings.
+
+  A tag such as best@E names another model after a rollback (checkpoint E
+  deleted and trained again), so the entry must also hold these weights'
+  digest; an entry of other weights, or of an older version without a
+  digest, is fitted again.
+  """
+  entry = workdir.read_thresholds().get(_threshold_key(config, tag))
+  if (
+    entry
+    and entry["percentile"] == config.score.threshold_percentile
+    and entry["pooling"] == config.score.pooling
+    and entry.get("weights") == weights_digest(params, batch_stats)
+  ):
+    return entry["thresholds"]
+  return None
+
+
+def thresholds_for(
+  config, workdir, load_data, setup, params, batch_stats, tag, precision
+):
+  """Each group's threshold for these weights: stored, or fitted and stored.
+
+  Args:
+    load_data: () -> (features, groups), called only when fitting.
+    Others: as fit_thresholds takes them.
+
+  Returns:
+    {group name: threshold}
+  """
+  stored = stored_thresholds(config, workdir, tag, params, batch_stats)
+  if stored is not None:
+    return stored
+  return fit_thresholds(
+    config,
+    workdir,
+    *load_data(),
+    setup,
+    params,
+    batch_stats,
+    tag,
+    precision,
+  )
+
+
+def _threshold_key(config, tag):
+  # The MSE's key is the bare tag, as before there was a choice of score.
+  if config.score.method == "mse":
+    return tag
+  return f"{tag} {config.score.method}"
+
+
+def weights_digest(params, batch_stats):
+  """A digest of the weights' values, dtypes and shapes, in tree order."""
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(jax.device_get((params, batch_stats))):
+    leaf = np.ascontiguousarray(leaf)
+    digest.update(f"{leaf.dtype}{leaf.shape}".encode())
+    digest.update(leaf.tobytes())
+  return digest.hexdigest()[:32]

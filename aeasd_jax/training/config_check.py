@@ -1,0 +1,233 @@
+"""Checks a config before any work starts, naming the bad setting.
+
+A wrong value otherwise fails minutes later, deep inside a compiled program.
+"""
+
+import math
+import numbers
+
+import jax
+
+from aeasd_jax.data import dcase
+from aeasd_jax.data import features
+from aeasd_jax.training import fused
+from aeasd_jax.models import autoencoders
+from aeasd_jax.scoring import reconstruction
+from aeasd_jax import synth
+from aeasd_jax.errors import AeasdError
+
+
+def _require(ok, setting, value, expected):
+  if not ok:
+    raise AeasdError(f"config.{setting}={value!r}: expected {expected}")
+
+
+def lookup(config, setting):
+  """The value of a dotted setting such as "train.batch_size"."""
+  value = config
+  for part in setting.split("."):
+    value = value[part]
+  return value
+
+
+def _positive_int(config, setting):
+  value = lookup(config, setting)
+  _require(
+    isinstance(value, numbers.Integral)
+    and not isinstance(value, bool)
+    and value > 0,
+    setting,
+    value,
+    "a positive integer",
+  )
+
+
+def _number_in(config, setting, interval):
+  """Requires a finite number, not a bool, inside `interval`.
+
+  `interval` such as "(0, 100)" or "[0, inf)" is both the check and the
+  message, so the two cannot disagree on which bounds are open.
+  """
+  value = lookup(config, setting)
+  low, high = (float(bound) for bound in interval[1:-1].split(","))
+  # Comparisons, not math.isfinite, which overflows on a huge int.
+  ok = (
+    isinstance(value, numbers.Real)
+    and not isinstance(value, bool)
+    and -math.inf < value < math.inf
+    and (low < value if interval[0] == "(" else low <= value)
+    and (value < high if interval[-1] == ")" else value <= high)
+  )
+  _require(ok, setting, value, f"a number in {interval}")
+
+
+def _bool(config, setting):
+  value = lookup(config, setting)
+  _require(isinstance(value, bool), setting, value, "True or False")
+
+
+def _choice(config, setting, choices):
+  value = lookup(config, setting)
+  # Every choice is a string; `in` on a set would raise for a list value.
+  _require(
+    isinstance(value, str) and value in choices,
+    setting,
+    value,
+    f"one of {sorted(choices)}",
+  )
+
+
+def check_config(config):
+  """Raises AeasdError for the first setting that is out of range."""
+  # First: model.n_mels refers to features.n_mels, and a bad feature setting
+  # should be named as such.
+  features.check_params(dict(config.features), prefix="config.features.")
+  _check_model(config)
+  _check_data(config)
+  _check_train(config)
+  _check_score(config)
+  _check_synth(config)
+
+
+def _check_model(config):
+  for setting in (
+    "model.frames",
+    "model.n_mels",
+    "model.hidden",
+    "model.depth",
+    "model.bottleneck",
+  ):
+    _positive_int(config, setting)
+  _choice(config, "model.name", set(autoencoders.MODELS))
+  _choice(config, "model.kl_reduction", {"mean", "sum"})
+  _choice(config, "model.init", set(autoencoders.INITS))
+  _choice(config, "model.vae", set(autoencoders.VAES))
+  _choice(config, "model.compute_dtype", {"float32", "bfloat16", "float64"})
+  # Without x64 JAX silently computes "float64" in float32.
+  _require(
+    config.model.compute_dtype != "float64" or jax.config.jax_enable_x64,
+    "model.compute_dtype",
+    config.model.compute_dtype,
+    "jax_enable_x64 for float64 (set JAX_ENABLE_X64=1 before starting Python)",
+  )
+  _require(
+    config.model.frames % 2 == 1
+    or not autoencoders.MODELS[config.model.name].interpolate,
+    "model.frames",
+    config.model.frames,
+    "an odd number for IDNN (a centre frame)",
+  )
+  for setting, interval in (
+    ("model.bn_momentum", "[0, 1]"),
+    ("model.bn_epsilon", "(0, 1]"),
+    ("model.beta", "[0, 1e6]"),
+  ):
+    _number_in(config, setting, interval)
+  _require(
+    config.features.n_mels == config.model.n_mels,
+    "model.n_mels",
+    config.model.n_mels,
+    f"features.n_mels={config.features.n_mels}",
+  )
+
+
+def _check_data(config):
+  for setting in (
+    "data.decode_workers",
+    "data.feature_batch",
+    "data.stream_chunk_clips",
+  ):
+    _positive_int(config, setting)
+  _choice(config, "data.group_by", {"type", "type_section", "type_id"})
+  year = config.data.dcase_year
+  _require(
+    year is None or year in dcase.YEARS,
+    "data.dcase_year",
+    year,
+    f"None (tell from the names) or a year in {dcase.YEARS[0]}-"
+    f"{dcase.YEARS[-1]}",
+  )
+  channel = config.data.channel
+  _require(
+    isinstance(channel, str) and (channel in ("", "mean") or channel.isdigit()),
+    "data.channel",
+    channel,
+    "'mean', a channel index such as '0', or '' for the year's default",
+  )
+  _number_in(config, "data.feature_batch_seconds", "(0, inf)")
+  for setting in (
+    "data.use_eval_train",
+    "data.resample",
+    "data.skip_bad_files",
+    "data.use_supplemental",
+  ):
+    _bool(config, setting)
+  resident = config.data.device_resident
+  _require(
+    resident is None or isinstance(resident, bool),
+    "data.device_resident",
+    resident,
+    "None, True or False",
+  )
+
+
+def _check_train(config):
+  for setting in (
+    "train.epochs",
+    "train.batch_size",
+    "train.num_seeds",
+    "train.select_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.log_every",
+  ):
+    _positive_int(config, setting)
+  _choice(config, "train.select_by", {"val_loss", "dev_auc"})
+  _choice(config, "train.kernels", set(fused.KERNELS))
+  _bool(config, "train.pallas_interpret")
+  fused.resolve_kernels(config)
+  for setting, interval in (
+    ("train.learning_rate", "(0, 1e3]"),
+    ("train.adam_eps", "[0, 1]"),
+    ("train.validation_split", "[0, 0.9]"),
+  ):
+    _number_in(config, setting, interval)
+  if config.train.select_by == "val_loss":
+    _require(
+      config.train.validation_split > 0,
+      "train.validation_split",
+      config.train.validation_split,
+      "a fraction > 0 when train.select_by='val_loss'",
+    )
+
+
+def _check_score(config):
+  _positive_int(config, "score.batch_windows")
+  _choice(config, "score.method", {"mse", "mahalanobis"})
+  _choice(config, "score.pooling", set(reconstruction.POOLINGS))
+  _number_in(config, "score.gwrp_decay", "[0, 1]")
+  # 100 would put the threshold at the gamma fit's +Infinity.
+  _number_in(config, "score.threshold_percentile", "(0, 100)")
+
+
+def _check_synth(config):
+  _positive_int(config, "synth.clips_per_id")
+  _require(
+    config.synth.year in synth.YEARS,
+    "synth.year",
+    config.synth.year,
+    f"one of {list(synth.YEARS)}",
+  )
+  _number_in(config, "synth.seconds", "[0.1, 600]")
+
+
+def check_devices(config, num_devices):
+  """The global batch is split evenly across devices, or not at all."""
+  batch = config.train.batch_size
+  if batch % num_devices:
+    lower = max(num_devices, batch - batch % num_devices)
+    raise AeasdError(
+      f"config.train.batch_size={batch} does not divide by the"
+      f" {num_devices} devices; expected a multiple of {num_devices}, such"
+      f" as {lower} or {lower + num_devices}"
+    )

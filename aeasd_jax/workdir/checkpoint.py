@@ -1,0 +1,155 @@
+"""Orbax checkpoints of the stacked training state (a workdir's checkpoints/).
+
+Orbax writes each step into a temporary folder and renames it when complete,
+so a crash during a save never leaves a step that restores.
+"""
+
+import contextlib
+
+import jax
+import orbax.checkpoint as ocp
+
+from aeasd_jax.errors import AeasdError
+
+
+def manager(directory, keep=3):
+  """A CheckpointManager of `directory` keeping the newest `keep` epochs."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+  # The handler named up front lets item_metadata() read a step's shapes
+  # before restoring it.
+  return ocp.CheckpointManager(
+    directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
+  )
+
+
+def save(mngr, epoch, state, in_flight=None):
+  """Starts an asynchronous save of `state` as step `epoch`.
+
+  Args:
+    mngr: from manager().
+    epoch: the step to save.
+    state: the training state.
+    in_flight: the step whose background write may still be running; its
+      failure surfaces here, and is reported under its own step number.
+  """
+  with _write_errors(mngr, in_flight):
+    mngr.check_for_errors()
+  with _write_errors(mngr, epoch):
+    mngr.save(epoch, args=ocp.args.StandardSave(state))
+
+
+def wait(mngr, in_flight):
+  """Waits for the background write of step `in_flight`, as before exiting."""
+  with _write_errors(mngr, in_flight):
+    mngr.wait_until_finished()
+
+
+@contextlib.contextmanager
+def _write_errors(mngr, epoch):
+  try:
+    yield
+  except OSError as e:
+    raise AeasdError(
+      f"cannot write checkpoint {epoch} under {mngr.directory}"
+      f" ({e.strerror or e}); expected a writable workdir with"
+      " free space. Earlier complete checkpoints are kept"
+    ) from None
+
+
+def restore(mngr, abstract_state, step=None):
+  """Restores step `step` (the latest when None) onto the abstract state.
+
+  Args:
+    mngr: from manager().
+    abstract_state: a pytree of jax.ShapeDtypeStruct with shardings, the
+      shape the run's config expects.
+    step: the epoch to restore.
+
+  Raises:
+    AeasdError: there is no such step, the checkpoint was written by another
+      model or config, or its files are damaged.
+  """
+  step = mngr.latest_step() if step is None else step
+  if step is None or step not in mngr.all_steps():
+    raise AeasdError(
+      f"{mngr.directory}: no checkpoint for epoch {step};"
+      f" found {sorted(mngr.all_steps())}"
+    )
+  where = mngr.directory / str(step)
+  # Orbax and TensorStore report damaged files with many exception types
+  # (bare Exception among them), so any failure to read is damage; a
+  # readable checkpoint of other shapes is told apart by comparing first.
+  try:
+    stored = _leaf_shapes(mngr.item_metadata(step))
+  except Exception as e:  # pylint: disable=broad-except
+    raise _unreadable(mngr, step, e) from None
+  mismatch = _first_mismatch(stored, _leaf_shapes(abstract_state))
+  if mismatch:
+    raise AeasdError(
+      f"{where}: the checkpoint does not fit this config ({mismatch});"
+      " expected a workdir trained with the same model, groups and seeds"
+    )
+  try:
+    return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
+  except Exception as e:  # pylint: disable=broad-except
+    raise _unreadable(mngr, step, e) from None
+
+
+def _unreadable(mngr, step, error):
+  """Why step `step` could not be read: pruned meanwhile, or damaged."""
+  where = mngr.directory / str(step)
+  if not where.exists():
+    # A train.py running in this workdir deletes all but the newest
+    # keep_checkpoints steps, possibly while another process reads one.
+    return AeasdError(
+      f"{where}: the checkpoint was removed while it was being read, by a"
+      " train.py running in this workdir that keeps only its newest"
+      " checkpoints; expected a checkpoint that stays: rerun to read the"
+      " newest one, or once training has finished"
+    )
+  others = sorted(set(mngr.all_steps()) - {step})
+  earlier = (
+    f"delete {mngr.directory / str(step)} to use the previous"
+    f" checkpoints {others}"
+    if others
+    else "delete the workdir's checkpoints folder to train afresh"
+  )
+  # TensorStore appends a long repr of its spec; the first clause is enough.
+  detail = (str(error).splitlines() or [type(error).__name__])[0]
+  detail = detail.split(" See full TensorStore details")[0][:200]
+  return AeasdError(
+    f"{mngr.directory / str(step)}: the checkpoint is damaged"
+    f" ({detail}); expected complete checkpoint files:"
+    f" {earlier}"
+  )
+
+
+def _leaf_shapes(tree):
+  """{"params/encoder/0/dense/kernel": (shape, dtype)} of a pytree."""
+
+  def name(path):
+    return "/".join(
+      str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
+      for k in path
+    )
+
+  return {
+    name(path): (tuple(leaf.shape), str(leaf.dtype))
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
+
+
+def _first_mismatch(stored, expected):
+  """A description of the first difference of two _leaf_shapes, or None."""
+  for path in sorted(set(stored) | set(expected)):
+    if path not in stored:
+      return f"no {path} in the checkpoint"
+    if path not in expected:
+      return f"{path} is not in this config's model"
+    if stored[path] != expected[path]:
+      (shape, dtype), (want, want_dtype) = stored[path], expected[path]
+      return (
+        f"{path} is {dtype}{list(shape)}, this config expects"
+        f" {want_dtype}{list(want)}"
+      )
+  return None
