@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from aeasd_jax.models import layers
+
 
 def _torch_uniform(fan_in):
   """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): torch.nn.Linear's kernel and bias.
@@ -76,23 +78,14 @@ class DenseBlock(nnx.Module):
     init="keras",
   ):
     self.dense = _dense(in_features, out_features, dtype, rngs, init)
-    # Two-pass variance, as Keras and PyTorch compute it: the fast
-    # E[x^2] - E[x]^2 loses digits on activations of raw dB features. The
-    # statistics stay in float32 when the matmuls are bfloat16.
-    wide = wide_dtype(dtype)
-    self.norm = nnx.BatchNorm(
+    # The statistics stay in float32 when the matmuls are bfloat16.
+    self.norm = layers.batch_norm(
       out_features,
       momentum=bn_momentum,
       epsilon=bn_epsilon,
-      use_fast_variance=False,
-      dtype=wide,
-      param_dtype=wide,
+      dtype=wide_dtype(dtype),
       rngs=rngs,
     )
-    # nnx.BatchNorm creates its running statistics in float32 whatever its
-    # dtype; a float64 run must carry them in float64 from the start.
-    self.norm.mean = nnx.BatchStat(self.norm.mean[...].astype(wide))
-    self.norm.var = nnx.BatchStat(self.norm.var[...].astype(wide))
 
   def __call__(self, x, *, train):
     return nnx.relu(self.norm(self.dense(x), use_running_average=not train))
