@@ -16,6 +16,8 @@ PACKAGE = pathlib.Path(__file__).parents[1] / "aeasd_jax"
 FOLDERS = (
   "synth",
   "data",
+  # `python -m aeasd_jax.download`: it reads the layouts of data.dcase.
+  "download",
   "models",
   "metrics",
   "workdir",
