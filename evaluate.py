@@ -13,7 +13,7 @@ from aeasd_jax.training import run_identity
 from aeasd_jax import runtime
 
 flags.DEFINE(
-  runtime.PathParser(),
+  runtime.PathParser(folder=True),
   "workdir",
   None,
   "A run folder written by train.py.",
@@ -29,7 +29,17 @@ flags.DEFINE(
   " ground_truth_domain/).",
 )
 flags.DEFINE_bool(
-  "plots", False, "Write ROC and histogram PNGs (needs the [plot] extra)."
+  "partial_ground_truth",
+  False,
+  "Score the eval set although --eval_ground_truth lists clips or machine"
+  " types this run did not score (the official evaluators refuse that); the"
+  " score is labelled PARTIAL.",
+)
+flags.DEFINE_bool(
+  "plots",
+  False,
+  "Write ROC and histogram PNGs, or with --wav each recording's window"
+  " errors and spectrogram (needs the [plot] extra).",
 )
 flags.DEFINE(
   runtime.PathParser(),
@@ -37,17 +47,32 @@ flags.DEFINE(
   None,
   "A file or folder of recordings to score instead of the DCASE test sets.",
 )
+flags.DEFINE_enum(
+  "format",
+  "text",
+  ["text", "json"],
+  "How --wav prints each recording: a tab-separated line (then a line per"
+  " segment), or one JSON object per line.",
+)
 flags.DEFINE_string(
   "machine_type",
   None,
   "The machine type of --wav files (needed when the run trained several).",
 )
 flags.DEFINE(
-  runtime.PathParser(),
+  runtime.PathParser(folder=True),
   "data_root",
   None,
   "Where the run's dataset lies now, if it has moved; overrides the"
   " workdir's data.root for this evaluation only.",
+)
+flags.DEFINE(
+  runtime.PathParser(folder=True),
+  "cache_dir",
+  None,
+  "Where the feature cache is (or goes) now, e.g. for a workdir copied to"
+  " another machine; overrides the workdir's data.cache_dir for this"
+  " evaluation only.",
 )
 flags.DEFINE_enum(
   "score",
@@ -65,7 +90,7 @@ def main(argv):
   runtime.configure_logging()
 
   def run():
-    config = run_identity.load_config(FLAGS.workdir)
+    config = run_identity.load_config(FLAGS.workdir, FLAGS.cache_dir)
     runtime.enable_compilation_cache(config)
     if FLAGS.wav:
       return recordings.score_recordings(
@@ -74,14 +99,19 @@ def main(argv):
         machine_type=FLAGS.machine_type,
         which=FLAGS.checkpoint,
         data_root=FLAGS.data_root,
+        cache_dir=FLAGS.cache_dir,
         score_method=FLAGS.score,
+        output=FLAGS.format,
+        plots=FLAGS.plots,
       )
     return evaluate.evaluate(
       FLAGS.workdir,
       which=FLAGS.checkpoint,
       eval_ground_truth=FLAGS.eval_ground_truth,
+      partial_ground_truth=FLAGS.partial_ground_truth,
       plots=FLAGS.plots,
       data_root=FLAGS.data_root,
+      cache_dir=FLAGS.cache_dir,
       score_method=FLAGS.score,
     )
 

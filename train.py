@@ -17,10 +17,11 @@ config_flags.DEFINE_config_file(
 )
 flags.mark_flag_as_required("config")
 flags.DEFINE(
-  runtime.PathParser(),
+  runtime.PathParser(folder=True),
   "workdir",
   None,
-  "Run folder; default runs/<config.name>.",
+  "Run folder; default runs/<config.name>, or runs/<config.name>_<year>"
+  " when --config.data.dcase_year is not the config file's own.",
 )
 flags.DEFINE_string(
   "coordinator_address",
@@ -50,7 +51,9 @@ def main(argv):
       FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
     )
     runtime.enable_compilation_cache(config)
-    workdir = FLAGS.workdir or f"runs/{config.name}"
+    workdir = FLAGS.workdir or runtime.default_workdir(
+      config, FLAGS["config"].config_filename
+    )
     return train.train_and_evaluate(config, workdir)
 
   runtime.run(run)

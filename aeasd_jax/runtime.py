@@ -6,6 +6,7 @@ AeasdError into a one-line message instead of a traceback.
 
 import contextlib
 import difflib
+import json
 import logging
 import os
 import pathlib
@@ -21,6 +22,7 @@ from absl import logging as absl_logging
 from aeasd_jax import cache_dir
 from aeasd_jax.errors import AeasdError
 from aeasd_jax.errors import Interrupted
+from aeasd_jax.errors import shown
 
 
 def enable_compilation_cache(config):
@@ -135,6 +137,7 @@ def initialize_distributed(coordinator_address, num_processes, process_id):
         " whose runtime connects the workers itself"
       )
     return
+  _check_address(coordinator_address)
   # CPU collectives across processes need gloo; GPUs and TPUs bring their
   # own (NCCL, ICI) and ignore this setting.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -151,6 +154,16 @@ def initialize_distributed(coordinator_address, num_processes, process_id):
       " --num_processes=N and --process_id=I as well, unless the cluster"
       " (Slurm, Open MPI, Kubernetes, Cloud TPU) supplies them"
     ) from None
+
+
+def _check_address(address):
+  """Refuses a coordinator address without a port, which JAX indexes into."""
+  host, _, port = address.rpartition(":")
+  if not (host and port.isdigit() and 0 < int(port) < 65536):
+    raise AeasdError(
+      f"--coordinator_address={shown(address)}: expected HOST:PORT, process"
+      " 0's host and a free port such as host0:1234"
+    )
 
 
 def configure_logging():
@@ -173,15 +186,15 @@ def configure_logging():
 def run(fn):
   """Runs fn(); an AeasdError becomes `error: ...` on stderr and exit code 2.
 
-  A stop by Ctrl-C becomes one `interrupted: ...` line and exit code 130,
-  the shell's code for SIGINT.
+  A stop by Ctrl-C or SIGTERM becomes one `interrupted: ...` line and the
+  shell's exit code for the signal: 130 (SIGINT) or 143 (SIGTERM).
   """
   try:
     return fn()
   except AeasdError as e:
     _exit(f"error: {e}", 2)
   except Interrupted as e:
-    _exit(f"interrupted: {e}", 130)
+    _exit(f"interrupted: {e}", e.exit_code)
   except KeyboardInterrupt:
     _exit(
       "interrupted: stopped by Ctrl-C before any training epoch; files"
@@ -202,14 +215,24 @@ def parse_flags(argv):
 
   For `--config.train.nope=1` ml_collections raises a KeyError or
   AttributeError from deep inside its parser; this names the setting and
-  its close matches instead. Other flag errors are one line too.
+  its close matches instead. Other flag errors are one line too, with any
+  unprintable character of a value escaped, and so is a --config file that
+  does not exist, which ml_collections would report only when the config
+  is first read, as a traceback.
+
+  `--config.<setting>=None` sets the setting to None (data.dcase_year: tell
+  the year from the names), which ml_collections refuses for a setting of
+  a type; check_config then says whether the setting takes None.
   """
+  _check_config_file(argv)
+  parsed, nones = _without_none_overrides(argv)
   try:
-    rest = flags.FLAGS(argv)
+    rest = flags.FLAGS(parsed)
+    _set_none(nones)
   except flags.Error as e:
     # A stray argument is often why a required flag is missing.
-    _refuse_arguments(_unparsed_arguments(argv))
-    _exit(f"error: {e}", 2)
+    _refuse_arguments(_unparsed_arguments(parsed))
+    _exit(f"error: {_printable(str(e))}", 2)
   except (KeyError, AttributeError) as e:
     settings = sorted(_dotted_settings(_config_file_settings(argv)))
     unknown = [name for name in _override_names(argv) if name not in settings]
@@ -228,6 +251,77 @@ def parse_flags(argv):
     _exit(f"error: --config.{unknown[0]}: no such setting; {hint}", 2)
   _refuse_arguments(rest[1:])
   return rest
+
+
+def _printable(text):
+  """`text` with each unprintable character escaped, so it stays one line."""
+  return "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in text)
+
+
+def _config_path(argv):
+  """The file the last --config flag names (its `:argument` cut), or None."""
+  path, args = None, iter(argv[1:])
+  for arg in args:
+    if arg == "--":
+      break
+    if arg.startswith("--config="):
+      path = arg[len("--config=") :]
+    elif arg == "--config":
+      path = next(args, "")
+  return None if path is None else path.split(":", 1)[0]
+
+
+def _check_config_file(argv):
+  path = _config_path(argv)
+  if path is None or "config" not in flags.FLAGS or os.path.isfile(path):
+    return
+  what = "is a folder" if os.path.isdir(path) else "no such file"
+  _exit(
+    f"error: --config={shown(path)}: {what}; expected a config file such as"
+    " configs/idnn.py",
+    2,
+  )
+
+
+def _without_none_overrides(argv):
+  """argv less its `--config.<setting>=None` flags, and the settings to unset.
+
+  A later flag for the same setting wins, as absl's last value does.
+  """
+  if "config" not in flags.FLAGS:
+    return argv, []
+  kept, unset = [], {}
+  for i, arg in enumerate(argv):
+    if arg == "--":
+      kept += argv[i:]
+      break
+    name, _, value = arg.partition("=")
+    override = i > 0 and name.startswith("--config.")
+    if override:
+      unset[name[len("--config.") :]] = value == "None"
+    if not (override and value == "None"):
+      kept.append(arg)
+  return kept, [name for name, none in unset.items() if none]
+
+
+def _set_none(settings):
+  """Sets each dotted setting of the parsed --config to None.
+
+  Raises:
+    KeyError or AttributeError: no such setting, as for other overrides.
+  """
+  for dotted in settings:
+    *sections, name = dotted.split(".")
+    holder = flags.FLAGS.config
+    for section in sections:
+      holder = holder[section]
+    if isinstance(holder[name], ml_collections.ConfigDict):
+      _exit(
+        f"error: --config.{dotted}=None: a section of settings; expected"
+        f" one setting such as --config.{dotted}.<name>=None",
+        2,
+      )
+    holder[name] = None
 
 
 def _refuse_arguments(arguments):
@@ -277,14 +371,64 @@ def _unparsed_arguments(argv):
   return found
 
 
+def is_utf8(name):
+  """Whether a name from the OS (surrogate-escaped bytes) is valid UTF-8."""
+  try:
+    os.fspath(name).encode("utf-8")
+  except UnicodeEncodeError:
+    return False
+  return True
+
+
+def path_problem(path, *, folder):
+  """Why `path` cannot be a file or folder of a run, or None.
+
+  A name that is not valid UTF-8 fits in no JSON file, cache key or
+  TensorStore path; nothing can be made under a regular file.
+
+  Args:
+    path: the path, `~` expanded.
+    folder: whether the path must be a folder (or not exist yet) rather
+      than a file.
+
+  Returns:
+    "<the problem>; expected <what would do>", or None.
+  """
+  path = pathlib.Path(path)
+  if not is_utf8(path):
+    return "not valid UTF-8; expected a UTF-8 name (rename it)"
+  # Upwards to the first place that exists, which must be a folder.
+  for place in (path, *path.parents) if folder else path.parents:
+    if os.path.isdir(place):
+      return None
+    if os.path.exists(place):
+      return (
+        f"{shown(place)} is a file, not a folder; expected a path below"
+        " folders only"
+      )
+  return None
+
+
 class PathParser(flags.ArgumentParser):
   """A path flag's value with `~` expanded, as config.data.root's is.
+
+  A path that cannot be used (path_problem) is refused as the flags are
+  parsed, before any work: with folder=True, a file in place of the
+  folder too.
 
   For flags.DEFINE(runtime.PathParser(), name, default, help).
   """
 
+  def __init__(self, folder=False):
+    super().__init__()
+    self._folder = folder
+
   def parse(self, argument):
-    return os.path.expanduser(argument)
+    path = os.path.expanduser(argument)
+    problem = path_problem(path, folder=self._folder)
+    if problem:
+      raise ValueError(problem)
+    return path
 
   def flag_type(self):
     return "string"
@@ -295,10 +439,7 @@ def _config_file_settings(argv):
 
   The flag holds no value once an override has failed.
   """
-  path = next(
-    arg.split("=", 1)[1] for arg in argv[1:] if arg.startswith("--config=")
-  )
-  return runpy.run_path(path.split(":", 1)[0])["get_config"]()
+  return runpy.run_path(_config_path(argv))["get_config"]()
 
 
 def _override_names(argv):
@@ -315,3 +456,16 @@ def _dotted_settings(config, prefix=""):
     yield prefix + key
     if isinstance(value, ml_collections.ConfigDict):
       yield from _dotted_settings(value, f"{prefix}{key}.")
+
+
+def default_workdir(config, config_file):
+  """runs/<config.name>, and _<year> where the year is not the file's own.
+
+  configs/dcase2023.py trained with --config.data.dcase_year=2024 goes to
+  runs/dcase2023_2024, so that runs of two years never share a workdir.
+  """
+  year = config.data.dcase_year
+  own = runpy.run_path(config_file.split(":", 1)[0])["get_config"]()
+  if year is not None and year != own.data.dcase_year:
+    return f"runs/{config.name}_{year}"
+  return f"runs/{config.name}"

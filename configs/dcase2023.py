@@ -11,8 +11,9 @@ score, AUC per domain and pAUC), mean ± std over 3 seeds.
 The network is the 2020 baseline's AE, as in the official 2023+ baseline
 (nttcslab/dcase2023_task2_baseline_ae): PyTorch layers (torch init),
 BatchNorm1d(momentum=0.01, eps=1e-3), i.e. Flax momentum 0.99, batch 256,
-Adam 1e-3, 100 epochs, validation split 0.1. With --score=mahalanobis,
-evaluate.py scores by the baseline's selective Mahalanobis distance.
+Adam 1e-3, 100 epochs, the last weights (validation split 0.1 for the loss
+curve only). With --score=mahalanobis, evaluate.py scores by the baseline's
+selective Mahalanobis distance.
 """
 
 from configs import default

@@ -120,8 +120,11 @@ def get_config():
   config.train.adam_eps = 1e-8  # optax's default; Keras used 1e-7.
   config.train.num_seeds = 1  # Independent models per group.
   config.train.validation_split = 0.1
-  # "val_loss", or "dev_auc" as AE-ASD, which peeks at labelled test data.
-  config.train.select_by = "val_loss"
+  # Which weights "best" names: "last" (the DCASE baselines: the final
+  # weights; held-out clips only give the validation loss curve), "val_loss"
+  # (the lowest validation loss), or "dev_auc" as AE-ASD, which peeks at
+  # labelled test data.
+  config.train.select_by = "last"
   config.train.select_every = 5  # Epochs between dev AUC checks (dev_auc).
   config.train.checkpoint_every = 10  # Epochs; the last epoch always saves.
   config.train.keep_checkpoints = 3
@@ -145,5 +148,10 @@ def get_config():
   config.score.pooling = "mean"  # "mean", "max" or "gwrp" (AE-ASD's option).
   config.score.gwrp_decay = 0.99
   config.score.threshold_percentile = 90.0  # Of a gamma fit to normal scores.
+  # evaluate.py --wav: a window stands out above this percentile of a gamma
+  # fit to the highest window error of each held-out normal clip, so about
+  # 1 normal clip in 100 shows a segment (aeasd_jax/scoring/windows.py).
+  config.score.segment_percentile = 99.0
+  config.score.segment_bands = 3  # Mel bands named per segment.
   config.score.batch_windows = 8192  # Windows per model per scoring step.
   return config

@@ -1,15 +1,16 @@
 """IDNN (Suefusa et al., ICASSP 2020): the centre frame from the 4 around it.
 
 Follows the DCASE 2020 baseline recipe (configs/default.py): Adam 1e-3,
-100 epochs, batch 512 vectors, validation split 0.1, one model per type.
+100 epochs, batch 512 vectors, one model per type, the last weights kept
+(validation split 0.1 for the loss curve only).
 
   python train.py --config=configs/idnn.py
   python evaluate.py --workdir=runs/idnn
 
 Expected on the bundled synthetic data (dev set, AUC %, mean ± std over 3 seeds
-with --config.train.num_seeds=3, measured 2026-11-27 on 2 CPU cores; README.md
-has the full table): fan 99.69 ± 0.44, slider 100.00 ± 0.00, valve 92.59 ±
-1.31, average 97.43 ± 0.38 (pAUC 97.08 ± 0.00).
+with --config.train.num_seeds=3, measured 2026-12-03 on 2 CPU cores; README.md
+has the full table): fan 99.38 ± 0.44, slider 100.00 ± 0.00, valve 92.59 ±
+3.02, average 97.33 ± 1.14 (pAUC 96.10 ± 2.11).
 """
 
 from configs import default

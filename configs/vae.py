@@ -1,15 +1,16 @@
 """The VAE: encoder, mean and log-variance heads, the AE decoder; MSE + KL.
 
 Follows the DCASE 2020 baseline recipe (configs/default.py): Adam 1e-3,
-100 epochs, batch 512 vectors, validation split 0.1, one model per type.
+100 epochs, batch 512 vectors, one model per type, the last weights kept
+(validation split 0.1 for the loss curve only).
 
   python train.py --config=configs/vae.py
   python evaluate.py --workdir=runs/vae
 
 Expected on the bundled synthetic data (dev set, AUC %, mean ± std over 3 seeds
-with --config.train.num_seeds=3, measured 2026-11-27 on 2 CPU cores; README.md
-has the full table): fan 100.00 ± 0.00, slider 80.56 ± 0.00, valve 55.56 ±
-1.31, average 78.70 ± 0.44 (pAUC 71.73 ± 0.00).
+with --config.train.num_seeds=3, measured 2026-12-03 on 2 CPU cores; README.md
+has the full table): fan 100.00 ± 0.00, slider 82.72 ± 3.57, valve 56.48 ±
+2.27, average 79.73 ± 0.52 (pAUC 73.68 ± 1.38).
 """
 
 from configs import default

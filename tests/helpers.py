@@ -1,6 +1,8 @@
 """Helpers shared by test modules: the tiny config and trained weights."""
 
+import contextlib
 import pathlib
+import signal
 
 import chex
 
@@ -8,6 +10,31 @@ from aeasd_jax.training import run_identity
 from aeasd_jax.training import restore
 from aeasd_jax.workdir import layout
 from configs import default
+
+
+# SIGINT and SIGTERM as a Python process has them unless it inherited one
+# as ignored.
+PYTHON_SIGNALS = {
+  signal.SIGINT: signal.default_int_handler,
+  signal.SIGTERM: signal.SIG_DFL,
+}
+
+
+@contextlib.contextmanager
+def signal_handlers(handlers):
+  """Sets {signum: handler} for the block, then puts back what was there.
+
+  Tests that send signals set what they expect, whatever the test process
+  inherited: a background job of a non-interactive shell (`pytest &` in a
+  script) starts with SIGINT ignored. A child process started in the block
+  inherits them, a Python handler as SIG_DFL (exec resets it).
+  """
+  previous = {s: signal.signal(s, h) for s, h in handlers.items()}
+  try:
+    yield
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
 
 
 def make_tree(root, files):
@@ -36,6 +63,8 @@ def tiny_config(root, cache_dir):
   config.train.epochs = 2
   config.train.batch_size = 64
   config.train.checkpoint_every = 1
+  # Most tests exercise model selection, which "last" (the default) skips.
+  config.train.select_by = "val_loss"
   config.score.batch_windows = 256
   return config
 

@@ -161,18 +161,23 @@ def _damaged_file_before_training(name):
   return run
 
 
+def _truncate_checkpoint(workdir, which):
+  """Cuts epoch 2's largest array file ("data") or its _METADATA in half."""
+  step = workdir / "checkpoints" / "2" / "default"
+  if which == "data":
+    files = sorted(
+      (step / "ocdbt.process_0" / "d").iterdir(), key=os.path.getsize
+    )
+    path = files[-1]
+  else:
+    path = step / "_METADATA"
+  os.truncate(path, os.path.getsize(path) // 2)
+
+
 def _truncated_checkpoint(which):
   def run(ctx):
     workdir = ctx.copy_of_trained()
-    step = workdir / "checkpoints" / "2" / "default"
-    if which == "data":
-      files = sorted(
-        (step / "ocdbt.process_0" / "d").iterdir(), key=os.path.getsize
-      )
-      path = files[-1]
-    else:
-      path = step / "_METADATA"
-    os.truncate(path, os.path.getsize(path) // 2)
+    _truncate_checkpoint(workdir, which)
     return _evaluate(workdir, which="latest")
 
   return run
@@ -456,23 +461,28 @@ def test_recording_names_cannot_forge_output_lines(
   folder = tmp_path / "recordings"
   folder.mkdir()
   source = next((tiny_root / "dev_data" / "fan" / "test").glob("*.wav"))
-  names = ["tab\there.wav", "new\nline.wav", '"quoted.wav']
+  names = ["tab\there.wav", "new\nline.wav", '"quoted.wav', "  segment.wav"]
   for name in names:
     shutil.copy(source, folder / name)
   (folder / "broken\n.wav").write_text("not audio")
   (folder / "dangling.wav").symlink_to(tmp_path / "gone.wav")
   capsys.readouterr()
   recordings.score_recordings(trained, folder, machine_type="fan")
-  lines = capsys.readouterr().out.splitlines()
-  assert len(lines) == 5
+  # A file's segments (indented lines) follow its line.
+  lines = [
+    line
+    for line in capsys.readouterr().out.splitlines()
+    if not line.startswith("  segment ")
+  ]
+  assert len(lines) == 6
   fields = [line.split("\t") for line in lines]
   # errors.shown quotes a name holding a control character, or that would
-  # start with a quote; any other name is printed as it is.
+  # start with a quote or a space; any other name is printed as it is.
   shown = [json.loads(f[0]) if f[0].startswith('"') else f[0] for f in fields]
   assert sorted(shown) == sorted(
     str(folder / name) for name in [*names, "broken\n.wav", "dangling.wav"]
   )
-  assert sorted(len(f) for f in fields) == [3, 3, 4, 4, 4]
+  assert sorted(len(f) for f in fields) == [3, 3, 4, 4, 4, 4]
   assert (
     "dangling symbolic link" in lines[shown.index(str(folder / "dangling.wav"))]
   )
@@ -485,11 +495,58 @@ def test_csv_files_quote_a_comma_in_a_machine_type(tiny_config, tmp_path):
   tiny_config.data.machine_types = ("fan, big",)
   train.train_and_evaluate(tiny_config, tmp_path / "run")
   evaluate.evaluate(tmp_path / "run")
-  with open(tmp_path / "run" / "results" / "decisions.csv", newline="") as f:
+  with open(
+    tmp_path / "run" / "results" / "mse" / "decisions.csv", newline=""
+  ) as f:
     rows = list(csv.reader(f))
   assert rows[0] == ["type", "id", "files", "precision", "recall", "F1"]
   assert {row[0] for row in rows[1:]} == {"fan, big"}
   assert all(len(row) == 6 for row in rows)
+
+
+def _evaluate_py(*args):
+  return subprocess.run(
+    [sys.executable, "evaluate.py", *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    timeout=300,
+  )
+
+
+def test_a_damaged_checkpoint_is_the_one_line_evaluate_prints(
+  trained, tmp_path
+):
+  """No log of Orbax's or asyncio's buries the error, as a user sees it."""
+  workdir = shutil.copytree(trained, tmp_path / "run")
+  _truncate_checkpoint(workdir, "data")
+  result = _evaluate_py(f"--workdir={workdir}", "--checkpoint=latest")
+  assert result.returncode == 2
+  (line,) = result.stderr.splitlines()
+  assert line.startswith(
+    f"error: {workdir}/checkpoints/2: the checkpoint is damaged ("
+  ), line
+
+
+def test_cache_dir_points_evaluate_at_a_copied_workdirs_cache(
+  trained, tmp_path
+):
+  """The stored cache folder is of another machine: here, under a file."""
+  workdir = shutil.copytree(trained, tmp_path / "run")
+  config = json.loads((workdir / "config.json").read_text())
+  (tmp_path / "a_file").write_text("")
+  config["data"]["cache_dir"] = str(tmp_path / "a_file" / "cache")
+  (workdir / "config.json").write_text(json.dumps(config))
+  result = _evaluate_py(f"--workdir={workdir}")
+  assert result.returncode == 2
+  assert "config.data.cache_dir=" in result.stderr.splitlines()[-1]
+  result = _evaluate_py(
+    f"--workdir={workdir}", f"--cache_dir={tmp_path / 'cache'}"
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert list((tmp_path / "cache" / "features").iterdir())
+  assert json.loads((workdir / "config.json").read_text()) == config
 
 
 def test_unknown_setting_names_close_matches():
@@ -540,14 +597,16 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_log_is_consistent(
     "--config.train.checkpoint_every=1000000",
     f"--workdir={tmp_path}",
   ]
-  child = subprocess.Popen(
-    [sys.executable, "train.py", *flags, "--config.train.epochs=1000000"],
-    cwd=REPO,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    text=True,
-    env=dict(os.environ, JAX_PLATFORMS="cpu"),
-  )
+  # A child of a test run in the background would inherit SIGINT ignored.
+  with helpers.signal_handlers(helpers.PYTHON_SIGNALS):
+    child = subprocess.Popen(
+      [sys.executable, "train.py", *flags, "--config.train.epochs=1000000"],
+      cwd=REPO,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
   metrics = tmp_path / "metrics.jsonl"
   deadline = time.monotonic() + 120
   try:
@@ -591,12 +650,13 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_log_is_consistent(
 
 def test_second_ctrl_c_stops_at_once_only_inside_an_epoch(caplog):
   stop = interrupts.StopRequest()
-  with stop.installed():
-    os.kill(os.getpid(), signal.SIGINT)
-    assert stop.requested
-    os.kill(os.getpid(), signal.SIGINT)  # Outside an epoch: only noted.
-    assert "finishing this epoch's checkpoint write first" in caplog.text
-    with pytest.raises(KeyboardInterrupt):
-      with stop.interruptible():
-        os.kill(os.getpid(), signal.SIGINT)
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  with helpers.signal_handlers(helpers.PYTHON_SIGNALS):
+    with stop.installed():
+      os.kill(os.getpid(), signal.SIGINT)
+      assert stop.requested
+      os.kill(os.getpid(), signal.SIGINT)  # Outside an epoch: only noted.
+      assert "finishing this epoch's checkpoint write first" in caplog.text
+      with pytest.raises(KeyboardInterrupt):
+        with stop.interruptible():
+          os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -91,7 +91,7 @@ def test_evaluate_prints_the_table(cli_runs):
   base, _, _ = cli_runs
   result = _run("evaluate.py", f"--workdir={base / 'second'}")
   assert "AUC(%) (pAUC(%))" in result.stdout
-  assert (base / "second" / "results" / "result.csv").exists()
+  assert (base / "second" / "results" / "mse" / "result.csv").exists()
 
 
 @pytest.mark.parametrize(
@@ -234,3 +234,25 @@ def test_wav_at_another_rate_gets_advice_evaluate_can_follow(
     " --config.data.resample=True)"
   )
   capsys.readouterr()
+
+
+def test_evaluate_refuses_a_results_file_in_one_line(
+  cli_runs, tiny_root, tmp_path
+):
+  base, _, _ = cli_runs
+  workdir = shutil.copytree(base / "second", tmp_path / "run")
+  shutil.rmtree(workdir / "results", ignore_errors=True)
+  (workdir / "results").write_text("")
+  result = _run(
+    "evaluate.py",
+    f"--workdir={workdir}",
+    f"--eval_ground_truth={tiny_root / 'eval_data_list.csv'}",
+    "--partial_ground_truth",
+    check=False,
+  )
+  assert result.returncode == 2
+  assert "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+    f"error: {workdir / 'results'}: a file, not a folder; expected the"
+    " folder of evaluate.py's results (move or delete the file)"
+  )

@@ -57,7 +57,9 @@ def _labels_from_names(names):
 
 def test_result_csv_equals_sklearn_on_the_written_scores(trained):
   _, workdir, report = trained
-  table, overall = results.read_result_csv(workdir / "results" / "result.csv")
+  table, overall = results.read_result_csv(
+    workdir / "results" / "mse" / "result.csv"
+  )
   assert table.keys() == report["dev"].keys()
   for machine_type, by_id in table.items():
     for machine_id, m in by_id.items():
@@ -65,6 +67,7 @@ def test_result_csv_equals_sklearn_on_the_written_scores(trained):
       scores = results.read_scores(
         workdir
         / "results"
+        / "mse"
         / results.score_csv_name(2020, machine_type, machine_id)
       )
       names = sorted(scores)
@@ -94,7 +97,7 @@ def test_evaluation_times_are_recorded(trained):
 
 def test_result_csv_layout(trained):
   _, workdir, _ = trained
-  rows = list(csv.reader(open(workdir / "results" / "result.csv")))
+  rows = list(csv.reader(open(workdir / "results" / "mse" / "result.csv")))
   assert rows[0] == ["fan"] and rows[1] == ["id", "AUC", "pAUC"]
   average = next(i for i, r in enumerate(rows) if r and r[0] == "Average")
   assert rows[average + 1] == []
@@ -112,6 +115,7 @@ def test_score_files_cover_every_test_clip_sorted(trained, tiny_root):
       path = (
         workdir
         / "results"
+        / "mse"
         / results.score_csv_name(2020, machine_type, machine_id)
       )
       rows = [r[0] for r in csv.reader(open(path))]
@@ -125,13 +129,13 @@ def test_eval_set_scores_match_the_ground_truth_list(trained, tiny_root):
   truth = results.read_ground_truth(tiny_root / "eval_data_list.csv", 2020)
   for machine_type, labels in truth.items():
     written = {}
-    for path in (workdir / "results" / "eval").glob(
+    for path in (workdir / "results" / "mse" / "eval").glob(
       f"anomaly_score_{machine_type}_id_*.csv"
     ):
       written.update(results.read_scores(path))
     assert sorted(written) == sorted(labels)
   assert report["eval"].keys() == truth.keys()
-  assert (workdir / "results" / "eval" / "result.csv").exists()
+  assert (workdir / "results" / "mse" / "eval" / "result.csv").exists()
 
 
 def test_seed_ensemble_is_the_mean_of_seed_scores(trained):
@@ -152,7 +156,9 @@ def test_seed_ensemble_is_the_mean_of_seed_scores(trained):
   group = groups[0]
   clips = group_scoring.dev_test_clips(features, group)
   written = {}
-  for path in (workdir / "results").glob(f"anomaly_score_{group.name}_*.csv"):
+  for path in (workdir / "results" / "mse").glob(
+    f"anomaly_score_{group.name}_*.csv"
+  ):
     written.update(results.read_scores(path))
   ensemble = per_seed[0].mean(0)
   for c, s in zip(clips, ensemble):
@@ -279,7 +285,7 @@ def test_gamma_threshold_recovers_the_percentile():
 
 def test_decisions_and_thresholds_are_written(trained):
   config, workdir, report = trained
-  rows = list(csv.reader(open(workdir / "results" / "decisions.csv")))
+  rows = list(csv.reader(open(workdir / "results" / "mse" / "decisions.csv")))
   assert rows[0] == ["type", "id", "files", "precision", "recall", "F1"]
   assert len(rows) - 1 == len(report["decisions"])
   stored = run_identity.load_config(workdir)  # The workdir stays readable.
@@ -302,7 +308,7 @@ def test_new_recordings_are_scored_and_bad_files_reported(
   assert "error" in by_name["broken.wav"]
   assert "broken.wav" in by_name["broken.wav"]["error"]
   written = {}
-  for path in (workdir / "results").glob("anomaly_score_valve_*.csv"):
+  for path in (workdir / "results" / "mse").glob("anomaly_score_valve_*.csv"):
     written.update(results.read_scores(path))
   for source in sources[:3]:
     row = by_name[source.name]
@@ -339,7 +345,9 @@ def test_plots_are_written_or_need_the_plot_extra(trained):
   # One per id, the unit each table row is for.
   for machine_type, by_id in report["dev"].items():
     for machine_id in by_id:
-      png = workdir / "results" / f"plot_{machine_type}_{machine_id}.png"
+      png = (
+        workdir / "results" / "mse" / f"plot_{machine_type}_{machine_id}.png"
+      )
       assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -362,6 +370,7 @@ def test_decision_report_matches_the_decision_files(trained):
         open(
           workdir
           / "results"
+          / "mse"
           / f"decision_result_{machine_type}_{machine_id}.csv"
         )
       )
@@ -379,3 +388,69 @@ def test_decision_report_matches_the_decision_files(trained):
     assert entry["f1"] == pytest.approx(
       sk_metrics.f1_score(labels, predictions, zero_division=0.0)
     )
+
+
+@pytest.mark.parametrize("label", ["same", "other"])
+def test_ground_truth_listing_a_clip_twice_is_refused(
+  tiny_root, tmp_path, label
+):
+  path = tmp_path / "eval_data_list.csv"
+  lines = (tiny_root / "eval_data_list.csv").read_text().splitlines()
+  name, original, value = lines[1].split(",")
+  value = value if label == "same" else str(1 - int(value))
+  path.write_text("\n".join([*lines, lines[0], f"{name},{original},{value}"]))
+  with pytest.raises(AeasdError) as error:
+    results.read_ground_truth(path, 2020)
+  assert str(error.value) == (
+    f"{path}:{len(lines) + 2}: {name} is listed again (first at {path}:2);"
+    " expected one row per clip"
+  )
+
+
+def _copy_run(workdir, tmp_path):
+  """A copy of the module's run, whose results a test may replace."""
+  return shutil.copytree(workdir, tmp_path / "run")
+
+
+def test_ground_truth_of_a_clip_not_in_the_data_needs_the_partial_flag(
+  trained, tiny_root, tmp_path, capsys
+):
+  _, workdir, report = trained
+  workdir = _copy_run(workdir, tmp_path)
+  listed = (tiny_root / "eval_data_list.csv").read_text()
+  truth = tmp_path / "eval_data_list.csv"
+  truth.write_text(f"{listed}fan\nid_09_00000000.wav,x.wav,1\n")
+  with pytest.raises(AeasdError, match="needs --eval_ground_truth"):
+    evaluate.evaluate(workdir, partial_ground_truth=True)
+  with pytest.raises(AeasdError) as error:
+    evaluate.evaluate(workdir, eval_ground_truth=truth)
+  message = str(error.value)
+  assert "\n" not in message
+  assert message.startswith(
+    f"--eval_ground_truth={truth}: holds clips with no eval test file in the"
+    " data (1): fan/id_09_00000000.wav; expected"
+  )
+  assert "--partial_ground_truth" in message
+  clips = sum(map(len, results.read_ground_truth(truth, 2020).values()))
+  types = len(report["eval"])
+  coverage = (
+    f"{types} of {types} machine types, {clips - 1} of {clips} ground-truth"
+    " clips"
+  )
+  capsys.readouterr()
+  partial = evaluate.evaluate(
+    workdir, eval_ground_truth=truth, partial_ground_truth=True
+  )
+  assert partial["eval_partial"] == coverage
+  # The clips scored are those of the whole ground truth: the same table.
+  assert partial["eval"] == report["eval"]
+  assert f"eval set (PARTIAL: {coverage})" in capsys.readouterr().out
+  out = layout.Workdir(workdir).results_for("mse")
+  rows = list(csv.reader(open(out / "eval" / "result.csv")))
+  assert rows[-1][0] == f"Total Average (PARTIAL: {coverage})"
+  assert not [r for r in rows if r and r[0] == "Total Average"]
+  record = json.loads(
+    layout.Workdir(workdir).evaluation_file("mse").read_text()
+  )
+  assert record["eval_partial"] is True
+  assert record["eval_partial_coverage"] == coverage

@@ -19,6 +19,7 @@ from sklearn import metrics as sk_metrics
 
 import helpers
 from aeasd_jax.evaluation import evaluate
+from aeasd_jax.metrics import official_score
 from aeasd_jax.metrics import roc
 from aeasd_jax.evaluation import plots
 from aeasd_jax.evaluation import recordings
@@ -96,7 +97,7 @@ def run_2023(root_2023, tmp_path_factory, session_cache_dir):
 
 def test_dev_result_csv_is_what_the_evaluator_computes(run_2023):
   workdir, report = run_2023
-  out = workdir / "results"
+  out = workdir / "results" / "mse"
   rows = _result_rows(out / "result.csv")
   values = []
   for machine_type in sorted(synth.MACHINE_TYPES):
@@ -130,7 +131,7 @@ def test_eval_result_matches_the_ground_truth_by_sorted_position(
   run_2023, root_2023
 ):
   workdir, report = run_2023
-  out = workdir / "results" / "eval"
+  out = workdir / "results" / "mse" / "eval"
   truth = root_2023 / "ground_truth"
   values = []
   for machine_type in sorted(synth.MACHINE_TYPES):
@@ -157,7 +158,7 @@ def test_eval_result_matches_the_ground_truth_by_sorted_position(
 
 def test_result_csv_layout_of_2023(run_2023):
   workdir, _ = run_2023
-  rows = _result_rows(workdir / "results" / "result.csv")
+  rows = _result_rows(workdir / "results" / "mse" / "result.csv")
   assert rows[0] == ["fan"]
   assert rows[1] == [
     "section",
@@ -241,7 +242,7 @@ def test_2021_is_detected_and_scored_per_domain(
     ("", "00", None),
     ("eval", "01", root / "ground_truth" / "ground_truth_data"),
   ):
-    out = tmp_path / "run" / "results" / subset
+    out = tmp_path / "run" / "results" / "mse" / subset
     values = []
     rows = _result_rows(out / "result.csv")
     assert rows[1] == [
@@ -285,6 +286,11 @@ def test_ground_truth_errors_name_the_folder(tmp_path):
     results.read_ground_truth(tmp_path, 2023)
   with pytest.raises(AeasdError, match=r"_\(source\|target\)_test.csv"):
     results.read_ground_truth(tmp_path, 2021)
+  # The subfolder given for the evaluator's folder: its parent is named.
+  with pytest.raises(
+    AeasdError, match=f"give --eval_ground_truth={tmp_path}\\)$"
+  ):
+    results.read_ground_truth(tmp_path / "ground_truth_data", 2023)
 
 
 def test_mahalanobis_statistics_are_stored_once_per_weights(run_2023):
@@ -320,7 +326,7 @@ def test_new_recordings_score_as_the_test_set(run_2023, root_2023, method):
   )
   evaluate.evaluate(workdir, score_method=method)
   written = results.read_scores(
-    workdir / "results" / "anomaly_score_valve_section_00_test.csv"
+    workdir / "results" / method / "anomaly_score_valve_section_00_test.csv"
   )
   by_name = {pathlib.Path(r["path"]).name: r for r in rows}
   for clip in clips:
@@ -337,7 +343,7 @@ def test_new_recordings_score_as_the_test_set(run_2023, root_2023, method):
 def test_plots_draw_the_curves_the_table_measures(run_2023):
   workdir, report = run_2023
   evaluate.evaluate(workdir, plots=True)
-  out = workdir / "results"
+  out = workdir / "results" / "mse"
   for machine_type in sorted(synth.MACHINE_TYPES):
     png = out / f"plot_{machine_type}_section_00.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -405,3 +411,197 @@ def test_eval_sets_own_machine_types_train_and_score(
   assert set(report["eval"]) == {f"{t}2" for t in synth.MACHINE_TYPES}
   groups = json.loads((tmp_path / "run" / "groups.json").read_text())
   assert len(groups) == 2 * len(synth.MACHINE_TYPES)
+
+
+@pytest.mark.parametrize(
+  "year,files,name",
+  [
+    # 2021: the same clip in a section's source and target files.
+    (
+      2021,
+      {
+        "ground_truth_data/ground_truth_fan_section_01_source_test.csv": (
+          "section_01_source_test_0000.wav,0\n"
+        ),
+        "ground_truth_data/ground_truth_fan_section_01_target_test.csv": (
+          "section_01_source_test_0001.wav,1\n"
+          "section_01_source_test_0000.wav,1\n"
+        ),
+      },
+      "ground_truth_fan_section_01_target_test.csv:2",
+    ),
+    # From 2022: twice in one file, with the same label.
+    (
+      2023,
+      {
+        "ground_truth_data/ground_truth_fan_section_01_test.csv": (
+          "section_01_source_test_0000.wav,0\n"
+          "section_01_source_test_0000.wav,0\n"
+        ),
+        "ground_truth_domain/ground_truth_fan_section_01_test.csv": (
+          "section_01_source_test_0000.wav,0\n"
+        ),
+      },
+      "ground_truth_fan_section_01_test.csv:2",
+    ),
+  ],
+)
+def test_ground_truth_listing_a_clip_twice_names_both_rows(
+  tmp_path, year, files, name
+):
+  for relative, text in files.items():
+    (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / relative).write_text(text)
+  with pytest.raises(AeasdError) as error:
+    results.read_ground_truth(tmp_path, year)
+  first = sorted(files)[0].replace(".csv", ".csv:1")
+  assert str(error.value) == (
+    f"{tmp_path / 'ground_truth_data' / name}: section_01_source_test_0000.wav"
+    f" is listed again (first at {tmp_path / first}); expected one row per"
+    " clip"
+  )
+
+
+def _copy_run(workdir, tmp_path):
+  """A copy of the module's run, whose results a test may replace."""
+  return shutil.copytree(workdir, tmp_path / "run")
+
+
+def test_ground_truth_of_another_machine_type_needs_the_partial_flag(
+  run_2023, root_2023, tmp_path, capsys
+):
+  workdir, report = run_2023
+  workdir = _copy_run(workdir, tmp_path)
+  # The evaluator's folder, with one type more than the run scored.
+  truth = shutil.copytree(root_2023 / "ground_truth", tmp_path / "truth")
+  for kind in ("data", "domain"):
+    folder = truth / f"ground_truth_{kind}"
+    shutil.copy(
+      folder / "ground_truth_fan_section_01_test.csv",
+      folder / "ground_truth_pump_section_01_test.csv",
+    )
+  with pytest.raises(AeasdError) as error:
+    evaluate.evaluate(workdir, eval_ground_truth=truth)
+  message = str(error.value)
+  assert "\n" not in message
+  assert message.startswith(
+    f"--eval_ground_truth={truth}: holds machine types this run did not"
+    " score (1): pump; expected"
+  )
+  capsys.readouterr()
+  partial = evaluate.evaluate(
+    workdir, eval_ground_truth=truth, partial_ground_truth=True
+  )
+  labels = results.read_ground_truth(truth, 2023)
+  listed = sum(map(len, labels.values()))
+  types = len(synth.MACHINE_TYPES)
+  coverage = (
+    f"{types} of {types + 1} machine types, {listed - len(labels['pump'])}"
+    f" of {listed} ground-truth clips"
+  )
+  assert partial["eval_partial"] == coverage
+  assert f"eval set (PARTIAL: {coverage})" in capsys.readouterr().out
+  # The official score of the types there are, from the run's table over
+  # exactly its eval clips.
+  expected = official_score.official_score(2023, report["eval"])
+  assert partial["eval_score"] == expected
+  rows = _result_rows(workdir / "results" / "mse" / "eval" / "result.csv")
+  assert _official_line(rows, f"official score (PARTIAL: {coverage})") == (
+    expected
+  )
+  assert not [r for r in rows if r and r[0] == "official score"]
+
+
+def _folder_bytes(folder):
+  return {
+    str(p.relative_to(folder)): p.read_bytes()
+    for p in sorted(folder.rglob("*"))
+    if p.is_file()
+  }
+
+
+def test_each_score_method_writes_a_folder_of_its_own(
+  run_2023, root_2023, tmp_path
+):
+  workdir, _ = run_2023
+  workdir = layout.Workdir(_copy_run(workdir, tmp_path))
+  truth = root_2023 / "ground_truth"
+  reports = {
+    "mse": evaluate.evaluate(workdir, eval_ground_truth=truth),
+    "mahalanobis": evaluate.evaluate(workdir, score_method="mahalanobis"),
+  }
+  assert sorted(p.name for p in workdir.results.iterdir()) == sorted(reports)
+  assert reports["mse"]["score"] != reports["mahalanobis"]["score"]
+  for method, report in reports.items():
+    out = workdir.results_for(method)
+    rows = _result_rows(out / "result.csv")
+    assert _official_line(rows, "official score") == report["score"]
+    record = json.loads(workdir.evaluation_file(method).read_text())
+    assert record["score_method"] == method
+    assert record["checkpoint"] == "best"
+    assert re.fullmatch(r"best@\d+", record["weights"])
+    assert record["eval_partial"] is False
+    # Only the MSE evaluation had a ground truth.
+    has_truth = method == "mse"
+    assert record["eval_ground_truth"] == (str(truth) if has_truth else None)
+    assert (out / "eval" / "result.csv").exists() == has_truth
+    assert list((out / "eval").glob("anomaly_score_*.csv"))
+
+
+def test_evaluating_without_ground_truth_drops_the_eval_result(
+  run_2023, root_2023, tmp_path
+):
+  workdir, _ = run_2023
+  workdir = layout.Workdir(_copy_run(workdir, tmp_path))
+  out = workdir.results_for("mse")
+  evaluate.evaluate(workdir, eval_ground_truth=root_2023 / "ground_truth")
+  assert (out / "eval" / "result.csv").exists()
+  evaluate.evaluate(workdir)
+  assert not (out / "eval" / "result.csv").exists()
+  assert list((out / "eval").glob("anomaly_score_*.csv"))
+  record = json.loads(workdir.evaluation_file("mse").read_text())
+  assert record["eval_ground_truth"] is None
+
+
+def test_a_failed_evaluation_leaves_the_previous_results(
+  run_2023, root_2023, tmp_path, monkeypatch
+):
+  workdir, _ = run_2023
+  workdir = layout.Workdir(_copy_run(workdir, tmp_path))
+  evaluate.evaluate(workdir, eval_ground_truth=root_2023 / "ground_truth")
+  out = workdir.results_for("mse")
+  before = _folder_bytes(out)
+  listed = sorted(workdir.results.iterdir())
+  assert "result.csv" in before and "eval/result.csv" in before
+  write_scores = results.write_scores
+  calls = []
+
+  def failing_write_scores(path, names, scores):
+    # Writes other scores than before, then fails midway.
+    calls.append(path)
+    if len(calls) == 2:
+      raise RuntimeError("disk gone")
+    write_scores(path, names, [s + 1 for s in scores])
+
+  monkeypatch.setattr(results, "write_scores", failing_write_scores)
+  with pytest.raises(RuntimeError, match="disk gone"):
+    evaluate.evaluate(workdir)
+  assert _folder_bytes(out) == before
+  # Nothing half-built is left beside it.
+  assert sorted(workdir.results.iterdir()) == listed
+
+
+@pytest.mark.parametrize("file", ["results", "results/mse"])
+def test_results_that_is_a_file_is_one_error(run_2023, tmp_path, file):
+  workdir, _ = run_2023
+  workdir = _copy_run(workdir, tmp_path)
+  shutil.rmtree(workdir / "results")
+  (workdir / file).parent.mkdir(exist_ok=True)
+  (workdir / file).write_text("not a folder")
+  with pytest.raises(AeasdError) as error:
+    evaluate.evaluate(workdir)
+  assert str(error.value).startswith(
+    f"{workdir / file}: a file, not a folder; expected the folder of"
+  )
+  assert "\n" not in str(error.value)
+  assert (workdir / file).read_text() == "not a folder"

@@ -2,8 +2,9 @@
 
 A child process runs training with one hook that kills itself with SIGKILL at
 a chosen point: inside the feature cache build, mid-checkpoint save, or
-between an epoch and its checkpoint. The rerun must finish with the same
-parameters as a run that was never interrupted.
+between an epoch and its checkpoint; or that sends itself SIGTERM, as a
+cluster preempts a job, in the middle of an epoch. The rerun must finish with
+the same parameters as a run that was never interrupted.
 """
 
 import json
@@ -21,7 +22,7 @@ from aeasd_jax.evaluation import evaluate
 from aeasd_jax.evaluation import results
 
 _CHILD = textwrap.dedent("""
-    import json, os, signal, sys
+    import json, os, runpy, signal, sys
     import jax
     jax.config.update("jax_disable_most_optimizations", True)
     import ml_collections
@@ -71,6 +72,25 @@ _CHILD = textwrap.dedent("""
       from aeasd_jax.evaluation import evaluate
       evaluate.evaluate(workdir)
       sys.exit(0)
+    elif kill_at == "sigterm":
+      from aeasd_jax.training import trainer
+      epoch = trainer.Trainer.epoch
+      def preempted_epoch(self, state):
+        if int(state.epoch) == 2:  # In epoch 3, not one checkpoint_every saves.
+          os.kill(os.getpid(), signal.SIGTERM)
+        return epoch(self, state)
+      trainer.Trainer.epoch = preempted_epoch
+      # train.py itself, for its exit code, with the config as a config file.
+      config_py = workdir + ".config.py"
+      loaded = f"json.load(open({sys.argv[1]!r}))"
+      with open(config_py, "w") as f:
+        f.write(
+          "import json, ml_collections\\n"
+          "def get_config():\\n"
+          f"  return ml_collections.ConfigDict({loaded})\\n"
+        )
+      sys.argv = ["train.py", "--config=" + config_py, "--workdir=" + workdir]
+      runpy.run_path("train.py", run_name="__main__")
     train.train_and_evaluate(config, workdir)
 """)
 
@@ -78,14 +98,16 @@ _CHILD = textwrap.dedent("""
 def _child(config_file, workdir, kill_at):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  return subprocess.run(
-    [sys.executable, "-c", _CHILD, str(config_file), str(workdir), kill_at],
-    env=env,
-    cwd=repo,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  # SIGTERM as a process has it by default, whatever this one inherited.
+  with helpers.signal_handlers(helpers.PYTHON_SIGNALS):
+    return subprocess.run(
+      [sys.executable, "-c", _CHILD, str(config_file), str(workdir), kill_at],
+      env=env,
+      cwd=repo,
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -140,11 +162,34 @@ def test_killed_training_resumes_to_the_same_parameters(setting, kill_at):
     assert not leftovers
 
 
+def test_preempted_training_saves_its_epoch_and_resumes_to_the_same_parameters(
+  setting,
+):
+  base, config_file, expected = setting
+  workdir = base / "sigterm"
+  stopped = _child(config_file, workdir, "sigterm")
+  assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
+  assert "Traceback" not in stopped.stderr
+  assert "SIGTERM: stopping once this epoch is saved" in stopped.stderr
+  assert stopped.stderr.strip().splitlines()[-1] == (
+    "interrupted: stopped after epoch 3 as asked (SIGTERM); rerun the same"
+    " command to resume from it"
+  )
+  # Epoch 3 is saved although checkpoint_every=2: the stop saves it.
+  assert sorted(
+    int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()
+  ) == [2, 3]
+  rerun = _child(config_file, workdir, "none")
+  assert rerun.returncode == 0, rerun.stderr[-2000:]
+  assert "resuming from epoch 3 " in rerun.stderr
+  chex.assert_trees_all_equal(helpers.latest_weights(workdir), expected)
+
+
 def test_killed_evaluation_leaves_previous_results_intact(setting):
   base, config_file, _ = setting
   workdir = base / "straight"
   evaluate.evaluate(workdir)
-  result = workdir / "results" / "result.csv"
+  result = workdir / "results" / "mse" / "result.csv"
   before = result.read_bytes()
   # Different results would be written: evaluate the latest weights instead.
   killed = _child(config_file, workdir, "result_write")

@@ -8,6 +8,7 @@ and the MAHALA branch of eval()) and networks/criterion/mahala.py.
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -186,18 +187,31 @@ def _assert_within(actual, expected, atol):
   assert np.all(ratio <= 1), f"error up to {ratio.max():.3g} x the bound"
 
 
-def _inverse_rtol(u, covariance):
-  """Relative (Frobenius) error of an LU inverse: 3 n cond(C) u.
+def _kept(covariance, eps):
+  """The eigenvalues mahalanobis.pseudo_inverse keeps, exactly (float64)."""
+  values = np.linalg.eigvalsh(np.asarray(covariance, np.float64))
+  return values[values > N_MELS * eps * values[-1]]
 
-  Higham 2002, ch. 14: with partial pivoting the computed inverse X has
-  |X C - I| <= c_n u |X| |L| |U|, c_n a small multiple of n; 3 n for the
-  small growth of a symmetric positive definite matrix.
+
+def _inverse_rtol(u, covariance):
+  """Relative (Frobenius) error of the computed pseudo-inverse: 3 n cond u.
+
+  cond is over the eigenvalues kept (all of them at full rank, where the
+  pseudo-inverse is the inverse). The symmetric eigendecomposition is
+  backward stable (Golub and Van Loan, Matrix Computations, 2013, 8.3): the
+  computed values and vectors are exact for C + E, |E| <= p(n) u |C|, and
+  the vectors orthonormal to p(n) u. A kept 1 / lambda then errs by p(n) u
+  cond relatively, the kept subspace turns by p(n) u cond (the dropped
+  eigenvalues being ~0, the gap is the smallest kept one), and V diag V^T
+  rounds by n u more: with p(n) = n, within 3 n cond u. The same bound holds
+  for an LU inverse (Higham 2002, ch. 14), torch.inverse's.
   """
-  return 3 * N_MELS * np.linalg.cond(covariance) * u
+  kept = _kept(covariance, 2 * u)
+  return 3 * N_MELS * kept[-1] / kept[0] * u
 
 
 def _precision_error(u, covariance, covariance_atol):
-  """Bound on |P - inv(C_exact)|_F for P the LU inverse of a C within atol.
+  """Bound on |P - inv(C_exact)|_F for P the computed inverse of C, atol off.
 
   The inverse's own rounding (_inverse_rtol), plus the perturbation bound
   |inv(C + E) - inv(C)| <= |inv(C)|^2 |E| / (1 - |inv(C)| |E|), with
@@ -282,6 +296,20 @@ def _fit_and_score(stacked, features, clip_lists, seeds):
   return stats, scores
 
 
+def _exact_models(model_config, count):
+  """(stacked models, their float64 output biases): reconstruction = bias."""
+  networks = []
+  for m in range(count):
+    network = autoencoders.build(model_config, nnx.Rngs(m))
+    network.output.kernel[...] = 0.0
+    network.output.bias[...] = np.random.default_rng(10 + m).normal(
+      0, 1, network.output.bias.shape
+    )
+    networks.append(network)
+  bias = [np.asarray(n.output.bias[...], np.float64) for n in networks]
+  return _stack(networks), bias
+
+
 @pytest.fixture(scope="module")
 def exact(features):
   """Float32 models with a zero output kernel: reconstruction = output bias.
@@ -289,17 +317,8 @@ def exact(features):
   Their residuals are exact in float64 (bias - window), so the oracle
   compares the Mahalanobis arithmetic alone.
   """
-  networks = []
-  for m in range(len(CLIP_LISTS)):
-    network = autoencoders.build(_model_config(), nnx.Rngs(m))
-    network.output.kernel[...] = 0.0
-    network.output.bias[...] = np.random.default_rng(10 + m).normal(
-      0, 1, FRAMES * N_MELS
-    )
-    networks.append(network)
-  stacked = _stack(networks)
+  stacked, bias = _exact_models(_model_config(), len(CLIP_LISTS))
   stats, scores = _fit_and_score(stacked, features, CLIP_LISTS, SEEDS)
-  bias = [np.asarray(n.output.bias[...], np.float64) for n in networks]
 
   def rows(m, c):
     return bias[m].reshape(FRAMES, N_MELS) - _windows(features, c)
@@ -327,8 +346,9 @@ def test_covariances_equal_the_baseline_formula(exact, m):
   atol = _covariance_atol(U32, all_rows, domains, count)
   _assert_within(stats.covariance[m], expected, atol)
   for d in (0, 1):
-    # The inverse of the float32 covariance, as torch.inverse of the float32
-    # one, and so within _precision_error of the baseline's exact one.
+    # Ample data, full rank: the pseudo-inverse is the float32 covariance's
+    # inverse to within the rounding of torch.inverse's, and so within
+    # _precision_error of the baseline's exact one.
     computed = stats.covariance[m, d].astype(np.float64)
     inverse = np.linalg.inv(computed)
     assert np.linalg.norm(stats.precision[m, d] - inverse) <= _inverse_rtol(
@@ -544,3 +564,150 @@ def test_clip_domain_follows_the_file_name():
   assert mahalanobis.clip_domain("section_00_source_test_anomaly_1.wav") == (
     SOURCE
   )
+
+
+# Few windows. IDNN models give one residual row a window (the centre
+# frame's), fitted in clip order: clips 0-3 give 40 source windows, 5 batches
+# of BATCH; model 0's target domain is clip 4's 4 windows, fewer than N_MELS,
+# model 1's clip 5's 8, exactly N_MELS, each a batch of its own, whose
+# centred rows span at most 3 and 7 of the N_MELS dimensions. Clip 4's mel 0
+# sits at the log floor (a band a quiet machine never rises above) and the
+# models' bias there is 0, so model 0's target variance of mel 0 is exactly
+# zero: its LU inverse fails whatever the rounding, where a rank lost to
+# rounding alone would give distances of a sign that varies by CPU.
+FEW_LENGTHS = (12, 12, 12, 12, 6, 10, 9, 14, 20)  # Clips 6-8: test clips.
+FEW_CLIP_LISTS = ([0, 1, 2, 3, 4], [0, 1, 2, 3, 5])
+FEW_DOMAINS = [[SOURCE] * 4 + [TARGET]] * 2
+FEW_TEST_CLIPS = [6, 7, 8]
+LOG_FLOOR = -100.0
+
+
+def _fit_few(stacked, features):
+  return mahalanobis.fit_clip_lists(
+    *stacked,
+    features,
+    FEW_CLIP_LISTS,
+    FEW_DOMAINS,
+    frames_per_window=FRAMES,
+    interpolate=True,
+    batch_size=BATCH,
+    seeds=None,
+    names=["fan/seed0", "pump/seed0"],
+  )
+
+
+@pytest.fixture(scope="module")
+def few_windows():
+  """(stacked IDNN models, their FeatureCache, their MahalanobisStats)."""
+  rng = np.random.default_rng(1)
+  pieces = [
+    5 + rng.normal(0, 2, N_MELS) + rng.normal(0, 1, (length, N_MELS))
+    for length in FEW_LENGTHS
+  ]
+  pieces[4][:, 0] = LOG_FLOOR
+  lengths = np.asarray(FEW_LENGTHS, np.int64)
+  features = cache_lib.FeatureCache(
+    directory=pathlib.Path("synthetic"),
+    frames=np.concatenate(pieces).astype(np.float32),
+    clips=tuple(f"clip_{c}" for c in range(len(pieces))),
+    offsets=np.concatenate([[0], np.cumsum(lengths)[:-1]]),
+    lengths=lengths,
+    bad_files=(),
+  )
+  config = _model_config()
+  config.name = "IDNN"
+  stacked, _ = _exact_models(config, len(FEW_CLIP_LISTS))
+  stacked[1]["output"]["bias"][..., 0] = 0.0  # Residual: exactly -LOG_FLOOR.
+  return stacked, features, _fit_few(stacked, features)
+
+
+def _domain_scores(stacked, features, precision, d):
+  """Every test clip's squared distance under domain d's precision alone."""
+  precision = np.asarray(precision)[:, d : d + 1]
+  return np.stack(
+    mahalanobis.score_clip_lists(
+      *stacked,
+      features,
+      [FEW_TEST_CLIPS] * len(precision),
+      np.concatenate([precision, precision], axis=1),
+      frames_per_window=FRAMES,
+      interpolate=True,
+      batch_windows=128,
+    )
+  )
+
+
+def test_few_windows_give_finite_non_negative_distances(few_windows):
+  stacked, features, stats = few_windows
+  np.testing.assert_array_equal(stats.windows, [[40, 4], [40, 8]])
+  # The target covariances' ranks, as counted above.
+  assert [len(_kept(c, 2 * U32)) for c in stats.covariance[:, 1]] == [3, 7]
+  for d in (0, 1):
+    scores = _domain_scores(stacked, features, stats.precision, d)
+    assert np.all(np.isfinite(scores) & (scores >= 0)), scores
+  # The baseline's LU inverses of the same covariances fail.
+  lu = _domain_scores(stacked, features, jnp.linalg.inv(stats.covariance), 1)
+  assert not np.all(np.isfinite(lu) & (lu >= 0)), lu
+
+
+def test_the_pseudo_inverse_equals_numpys_in_float64(few_windows):
+  _, _, stats = few_windows
+  for covariance, precision in zip(
+    stats.covariance.reshape(-1, N_MELS, N_MELS),
+    stats.precision.reshape(-1, N_MELS, N_MELS),
+  ):
+    computed = covariance.astype(np.float64)
+    oracle = np.linalg.pinv(computed, rcond=N_MELS * 2 * U32, hermitian=True)
+    assert np.linalg.norm(precision - oracle) <= _inverse_rtol(
+      U32, computed
+    ) * np.linalg.norm(oracle)
+
+
+def test_fewer_windows_than_mel_bins_are_warned_of(few_windows, caplog):
+  stacked, features, _ = few_windows
+  _fit_few(stacked, features)  # The fixture's fit logged before caplog.
+  warned = [
+    r.getMessage()
+    for r in caplog.records
+    if "covariance comes" in r.getMessage()
+  ]
+  # Model 1's 8 target windows are as many as its mel bins: no warning.
+  assert len(warned) == 1
+  assert warned[0].startswith(
+    "fan/seed0: its target covariance comes from 4 training windows, fewer"
+    f" than its {N_MELS} mel bins"
+  )
+
+
+def test_a_mean_residual_in_the_null_space_scores_zero_not_below(few_windows):
+  """Its form is 0 up to rounding of either sign; a distance is >= 0."""
+  stacked, _, stats = few_windows
+  precision = stats.precision[0, 1].astype(np.float64)
+  values, vectors = np.linalg.eigh(precision)
+  null = vectors[:, values <= N_MELS * 2 * U32 * values[-1]]
+  assert null.shape[1] == N_MELS - 3
+  means = np.random.default_rng(2).normal(0, 10, (32, null.shape[1])) @ null.T
+  bias = np.asarray(stacked[1]["output"]["bias"][...][0], np.float64)
+  # One window a clip, whose centre frame leaves the residual `mean`.
+  frames = np.stack([(bias, bias - m, bias) for m in means])
+  features = cache_lib.FeatureCache(
+    directory=pathlib.Path("synthetic"),
+    frames=frames.reshape(-1, N_MELS).astype(np.float32),
+    clips=tuple(f"clip_{c}" for c in range(len(means))),
+    offsets=np.arange(len(means)) * 3,
+    lengths=np.full(len(means), 3),
+    bad_files=(),
+  )
+  (scores,) = mahalanobis.score_clip_lists(
+    *_model(stacked, 0),
+    features,
+    [list(range(len(means)))],
+    np.stack([stats.precision[0, 1]] * 2)[None],
+    frames_per_window=FRAMES,
+    interpolate=True,
+    batch_windows=128,
+  )
+  # The residual bias - (bias - mean) rounds twice.
+  error = 2 * U32 * np.max(np.abs(bias) + np.abs(means))
+  for mean, score in zip(means, scores):
+    assert 0 <= score <= _form_atol(U32, mean, error, precision)

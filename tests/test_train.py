@@ -219,7 +219,9 @@ def test_group_smaller_than_a_batch_is_refused(tiny_config, tmp_path):
 def test_workdir_of_another_model_is_refused(tiny_config, tmp_path):
   train.train_and_evaluate(tiny_config, tmp_path)
   tiny_config.model.name = "IDNN"
-  with pytest.raises(AeasdError, match=r"holds a run with model="):
+  with pytest.raises(
+    AeasdError, match=r"model.name='AE', but this config has model.name='IDNN'"
+  ):
     train.train_and_evaluate(tiny_config, tmp_path)
 
 

@@ -19,6 +19,7 @@ from aeasd_jax.data import dcase
 from aeasd_jax import synth
 from aeasd_jax.data import window_data
 from aeasd_jax.errors import AeasdError
+from aeasd_jax.errors import shown
 
 log = logging.getLogger(__name__)
 
@@ -230,12 +231,14 @@ def make_groups(clips, *, group_by, use_eval_train, validation_split, seed):
       return clip.machine_type
     return f"{clip.machine_type}/{clip.section}"
 
-  train, test = {}, {}
+  train, test, left_out = {}, {}, set()
   for i, clip in enumerate(clips):
     if clip.split == "test":
       test.setdefault(group_name(clip), []).append(i)
     elif clip.subset == "dev" or use_eval_train:
       train.setdefault(group_name(clip), []).append(i)
+    else:
+      left_out.add(group_name(clip))
   groups = []
   for name in sorted(train):
     indices = np.asarray(train[name], np.int64)
@@ -265,7 +268,26 @@ def make_groups(clips, *, group_by, use_eval_train, validation_split, seed):
       f"no training clips for {', '.join(untrained)} with"
       f" config.data.group_by={group_by!r} and"
       f" config.data.use_eval_train={use_eval_train}, so their test clips"
-      " would go unscored; expected training clips for every test id (set"
-      " config.data.use_eval_train=True, or config.data.group_by='type')"
+      " would go unscored; expected"
+      f" {_training_clips_advice(clips, test, train, left_out, untrained[0])}"
     )
   return groups
+
+
+def _training_clips_advice(clips, test, train, left_out, name):
+  """What would give group `name` training clips: a setting, or files."""
+  machine_type = name.split("/")[0]
+  if name in left_out:
+    return (
+      f"config.data.use_eval_train=True (the eval set's training clips of"
+      f" {name} are left out)"
+    )
+  if any(g.split("/")[0] == machine_type for g in train):
+    return (
+      f"training clips for every section of {machine_type}, or"
+      " config.data.group_by='type' (one model for all its sections)"
+    )
+  # A test folder's type folder holds the train/ folder that is missing
+  # or empty (2021's source_test/ too).
+  folder = pathlib.Path(clips[test[name][0]].path).parent.parent / "train"
+  return f"its training clips in {shown(folder)}"

@@ -10,7 +10,9 @@ import os
 import pathlib
 import re
 
+from aeasd_jax import runtime
 from aeasd_jax.errors import AeasdError
+from aeasd_jax.errors import shown
 
 YEARS = tuple(range(2020, 2027))
 AUDIO_SUFFIXES = (".wav", ".flac")
@@ -153,12 +155,35 @@ def parse_clip(path, machine_type, split, subset, *, year=2020, domain=""):
   )
 
 
+def section_in_name(path):
+  """The section ("id_XX" or "section_XX") a clip's file name gives, or None.
+
+  Any year's labelled or blind names, read as parse_clip reads them: for a
+  recording whose year no folder tells.
+  """
+  stem, _ = os.path.splitext(os.path.basename(path))
+  for rules in (_ID_RULES, _RULES_2021, _SECTION_RULES):
+    match = rules.labelled.match(stem) or rules.blind.match(stem)
+    if match:
+      return match["section"]
+  return None
+
+
+def _hidden(name):
+  """A name no DCASE layout holds: .DS_Store, macOS's ._*.wav, .git/.
+
+  The official baselines' globs (`*.wav`, `*/`) skip them too.
+  """
+  return name.startswith(".")
+
+
 def audio_files(folder, *, recursive=False):
   """The .wav and .flac entries of `folder` (and below it if `recursive`).
 
   Every entry with an audio suffix that is not a folder is listed, dangling
   symbolic links included, so reading it reports a broken clip as a bad file
-  instead of the clip vanishing from the dataset unnoticed.
+  instead of the clip vanishing from the dataset unnoticed. Hidden entries,
+  and everything in hidden folders (.ipynb_checkpoints/), are left out.
 
   Returns:
     A sorted list of pathlib.Path.
@@ -166,8 +191,31 @@ def audio_files(folder, *, recursive=False):
   folder = pathlib.Path(folder)
   entries = folder.rglob("*") if recursive else folder.iterdir()
   return sorted(
-    p for p in entries if p.suffix.lower() in AUDIO_SUFFIXES and not p.is_dir()
+    p
+    for p in entries
+    if p.suffix.lower() in AUDIO_SUFFIXES
+    and not any(_hidden(part) for part in p.relative_to(folder).parts)
+    and not p.is_dir()
   )
+
+
+def _type_names(folder):
+  """The machine type folders in `folder`, hidden ones left out, sorted.
+
+  Raises:
+    AeasdError: a type folder's name is not valid UTF-8, which no result
+      file, cache key or JSON file could hold.
+  """
+  names = sorted(
+    p.name for p in folder.iterdir() if p.is_dir() and not _hidden(p.name)
+  )
+  for name in names:
+    if not runtime.is_utf8(name):
+      raise AeasdError(
+        f"{shown(folder / name)}: the machine type folder's name is not"
+        " valid UTF-8; expected a UTF-8 name (rename the folder)"
+      )
+  return names
 
 
 def type_folders(root, subset_dir):
@@ -194,7 +242,7 @@ def machine_types_in(root, dev_dir="dev_data"):
       f" layout <root>/{dev_dir}/<type>/{{train,test}}/*.wav (or"
       f" <root>/{dev_dir}/raw/<type>/...)"
     )
-  types = sorted(p.name for p in dev.iterdir() if p.is_dir())
+  types = _type_names(dev)
   if not types:
     raise AeasdError(f"{dev}: holds no machine type folders")
   return types
@@ -210,7 +258,7 @@ def all_machine_types(root, dev_dir="dev_data", eval_dir="eval_data"):
   types = set(machine_types_in(root, dev_dir))
   base = type_folders(root, eval_dir)
   if base is not None:
-    types |= {p.name for p in base.iterdir() if p.is_dir()}
+    types |= set(_type_names(base))
   return sorted(types)
 
 
@@ -279,6 +327,12 @@ def discover(
   root = pathlib.Path(root)
   if not root.is_dir():
     raise AeasdError(f"data root {root} does not exist or is not a folder")
+  if not runtime.is_utf8(root):
+    # Every clip's path goes into the cache's keys and JSON files.
+    raise AeasdError(
+      f"data root {shown(root)}: not valid UTF-8; expected a UTF-8 path"
+      " (rename the folder)"
+    )
   found = all_machine_types(root, dev_dir, eval_dir)
   dev_types = machine_types_in(root, dev_dir)
   # Sorted and deduplicated: a type named twice would list its clips twice.

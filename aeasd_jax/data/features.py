@@ -99,13 +99,8 @@ def mel_filterbank(
   feature_checks.check_mel_args(
     sample_rate, n_fft, n_mels, fmin, fmax, htk, norm
   )
-  if fmax is None:
-    fmax = sample_rate / 2
   fft_hz = np.fft.rfftfreq(n_fft, d=1.0 / sample_rate)
-  # n_mels + 2 edges: band i rises from edge i, peaks at i+1, ends at i+2.
-  edges_hz = _mel_to_hz(
-    np.linspace(_hz_to_mel(fmin, htk), _hz_to_mel(fmax, htk), n_mels + 2), htk
-  )
+  edges_hz = _band_edges(sample_rate, n_mels, fmin, fmax, htk)
   widths = np.diff(edges_hz)
   offsets = edges_hz[:, None] - fft_hz[None, :]
   rising = -offsets[:-2] / widths[:-1, None]
@@ -114,6 +109,28 @@ def mel_filterbank(
   if norm == 'slaney':
     weights *= (2.0 / (edges_hz[2:] - edges_hz[:-2]))[:, None]
   return weights.astype(np.float32)
+
+
+def _band_edges(sample_rate, n_mels, fmin, fmax, htk):
+  """The n_mels + 2 band edges in Hz.
+
+  Band i rises from edge i, peaks at edge i+1 and ends at edge i+2.
+  """
+  if fmax is None:
+    fmax = sample_rate / 2
+  return _mel_to_hz(
+    np.linspace(_hz_to_mel(fmin, htk), _hz_to_mel(fmax, htk), n_mels + 2), htk
+  )
+
+
+def mel_band_ranges(sample_rate, n_mels, fmin=0.0, fmax=None, htk=False):
+  """[n_mels, 2]: each mel band's lowest and highest frequency in Hz.
+
+  The feet of its triangle in mel_filterbank, so neighbouring ranges
+  overlap by half a band.
+  """
+  edges = _band_edges(sample_rate, n_mels, fmin, fmax, htk)
+  return np.stack([edges[:-2], edges[2:]], axis=1)
 
 
 @functools.lru_cache(maxsize=None)

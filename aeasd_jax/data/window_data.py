@@ -6,12 +6,16 @@ nothing is copied five times on the host. The arrays are built on the host
 """
 
 import hashlib
+import logging
 from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 
 from aeasd_jax.errors import AeasdError
+from aeasd_jax.errors import shown
+
+log = logging.getLogger(__name__)
 
 
 def stable_hash(text):
@@ -66,6 +70,39 @@ def check_clip_lengths(cache, clips, frames_per_window):
       f" config.model.frames={frames_per_window}; expected clips of at least"
       f" {frames_per_window} frames, or a smaller config.model.frames"
     )
+
+
+def check_constant_clips(cache, groups):
+  """Warns of training clips whose frames are all alike; refuses all alike.
+
+  Silence, or any constant signal, gives one log-mel frame throughout: a
+  model learns nothing from such a clip, and from a group of nothing else
+  nothing at all. Validation clips count: they are training clips held out.
+  """
+  for group in groups:
+    clips = [*group.train_clips, *group.val_clips]
+    constant = [c for c in clips if _all_frames_alike(cache.clip_frames(c))]
+    if not constant:
+      continue
+    example = shown(cache.clips[constant[0]].path)
+    if len(constant) == len(clips):
+      raise AeasdError(
+        f"group {group.name}: all {len(clips)} training clips are silent or"
+        f" constant (e.g. {example}), so there is nothing to learn; expected"
+        " recordings of the machine running"
+      )
+    log.warning(
+      "group %s: %d of %d training clips are silent or constant (e.g. %s);"
+      " its model learns nothing useful from them",
+      group.name,
+      len(constant),
+      len(clips),
+      example,
+    )
+
+
+def _all_frames_alike(frames):
+  return bool(np.all(frames == frames[:1]))
 
 
 def _padded_rows(rows, width=1):

@@ -3,9 +3,10 @@
 `evaluate()` is what evaluate.py runs; recordings.py scores new recordings.
 """
 
+import functools
 import logging
 import pathlib
-
+import typing
 
 from aeasd_jax.data import dataset
 from aeasd_jax.scoring import group_scoring
@@ -14,6 +15,7 @@ from aeasd_jax.metrics import official_score
 from aeasd_jax.metrics import result_tables
 from aeasd_jax.evaluation import results
 from aeasd_jax.training import run_identity
+from aeasd_jax.workdir import file_io
 from aeasd_jax.workdir import layout
 from aeasd_jax.training import restore
 from aeasd_jax.errors import AeasdError
@@ -130,74 +132,72 @@ def evaluate(
   *,
   which="best",
   eval_ground_truth=None,
+  partial_ground_truth=False,
   plots=False,
   data_root=None,
+  cache_dir=None,
   score_method=None,
 ):
   """Scores the dev (and eval) test sets and writes the DCASE result files.
+
+  The files replace results/<method>/ as a whole (layout.Workdir.new_results),
+  with evaluation.json saying what they are of.
 
   Args:
     workdir: the run's folder.
     which: the --checkpoint value.
     eval_ground_truth: the eval set's ground truth (results.read_ground_truth:
       2020's eval_data_list.csv, or from 2021 the evaluator's folder).
+    partial_ground_truth: score the eval set although the ground truth lists
+      clips or machine types the run did not score; the score is labelled
+      partial. Without it such a ground truth is an error, as the official
+      evaluators refuse a submission that does not cover theirs.
     plots: also write ROC and histogram PNGs.
     data_root: where the run's data lies now (see load_data).
+    cache_dir: where its feature cache lies now (run_identity.load_config).
     score_method: "mse" or "mahalanobis" in place of config.score.method.
 
   Returns:
-    {"year", "dev": table, "eval": table or None, "seeds": per-seed tables,
-     "decisions": report, "score": the dev official score (2021 on),
-     "ci95": its 95% interval (2022 on)}, where
+    {"year", "dev": table, "eval": table or None, "eval_score": its official
+     score (2021 on), "eval_partial": what a partial eval score covers, or
+     None, "seeds": per-seed tables, "decisions": report, "score": the dev
+     official score (2021 on), "ci95": its 95% interval (2022 on)}, where
     a table is {type: {section: metrics}} (result_tables.metric_table).
   """
+  if partial_ground_truth and not eval_ground_truth:
+    raise AeasdError(
+      "--partial_ground_truth needs --eval_ground_truth: expected the"
+      " ground truth a partial eval score is to be computed with"
+    )
   timer = metric_log.PhaseTimer()
   workdir = layout.Workdir(workdir)
-  config = with_score_method(run_identity.load_config(workdir), score_method)
-  with timer.phase("features"):
-    features, groups = load_data(workdir, config, data_root)
-    year = dataset.dcase_year(config)
-  with timer.phase("restore"):
-    setup, params, batch_stats, tag = restore.load_weights(
-      config, workdir, [g.name for g in groups], which
-    )
-  out = workdir.results
-  out.mkdir(exist_ok=True)
-  with timer.phase("score"):
-    precision = group_scoring.precision_for(
-      config, workdir, lambda: (features, groups), setup, params, batch_stats
-    )
-    weights = (setup, params, batch_stats, precision)
-    by_name = group_scoring.thresholds_for(
-      config,
-      workdir,
-      lambda: (features, groups),
-      setup,
-      params,
-      batch_stats,
-      tag,
-      precision,
-    )
-    thresholds = [by_name[g.name] for g in groups]
-    report, rows = _evaluate_dev_set(
-      config, year, features, groups, weights, thresholds, out
-    )
-  _print_dev_report(config, year, report, tag)
-  with timer.phase("score"):
-    report["eval"] = _evaluate_eval_set(
-      config,
-      year,
-      features,
-      groups,
-      weights,
-      thresholds,
-      out,
-      eval_ground_truth,
-    )
-  if plots:
-    from aeasd_jax.evaluation import plots as plots_lib  # pylint: disable=g-import-not-at-top
+  config = with_score_method(
+    run_identity.load_config(workdir, cache_dir), score_method
+  )
+  with workdir.new_results(config.score.method) as out:
+    with timer.phase("features"):
+      features, groups = load_data(workdir, config, data_root)
+    with timer.phase("restore"):
+      setup, params, batch_stats, tag = restore.load_weights(
+        config, workdir, [g.name for g in groups], which
+      )
+    with timer.phase("score"):
+      run = _scoring_run(
+        config, workdir, features, groups, (setup, params, batch_stats), tag
+      )
+      report, rows = _evaluate_dev_set(run, out)
+    _print_dev_report(config, run.year, report, tag)
+    with timer.phase("score"):
+      report.update(
+        _evaluate_eval_set(run, out, eval_ground_truth, partial_ground_truth)
+      )
+    if plots:
+      from aeasd_jax.evaluation import plots as plots_lib  # pylint: disable=g-import-not-at-top
 
-    plots_lib.write(out, year, rows, report["dev"])
+      plots_lib.write(out, run.year, rows, report["dev"])
+    _write_evaluation_record(
+      out, tag, which, config, eval_ground_truth, report["eval_partial"]
+    )
   log.info("time: %s", timer.summary())
   metric_log.MetricWriter(workdir.metrics_file).write(
     {"evaluate": tag, "timing_s": timer.totals()}
@@ -205,12 +205,65 @@ def evaluate(
   return report
 
 
-def _evaluate_dev_set(config, year, features, groups, weights, thresholds, out):
+def _write_evaluation_record(out, tag, which, config, ground_truth, partial):
+  """evaluation.json: what the results beside it are of."""
+  file_io.write_json(
+    out / layout.EVALUATION_FILE,
+    {
+      "weights": tag,
+      "checkpoint": which,
+      "score_method": config.score.method,
+      "eval_ground_truth": (
+        str(pathlib.Path(ground_truth).absolute()) if ground_truth else None
+      ),
+      "eval_partial": partial is not None,
+      "eval_partial_coverage": partial,
+    },
+    indent=2,
+  )
+
+
+class _ScoringRun(typing.NamedTuple):
+  """What scoring a test set needs: the run, its weights and thresholds."""
+
+  config: typing.Any
+  year: int
+  features: typing.Any  # cache.FeatureCache
+  groups: list  # [dataset.Group]
+  weights: tuple  # (setup, params, batch_stats, precision)
+  thresholds: list  # per group
+
+
+def _scoring_run(config, workdir, features, groups, restored, tag):
+  """The _ScoringRun of restored (setup, params, batch_stats) weights."""
+  precision = group_scoring.precision_for(
+    config, workdir, lambda: (features, groups), *restored
+  )
+  by_name = group_scoring.thresholds_for(
+    config,
+    workdir,
+    lambda: (features, groups),
+    *restored,
+    tag,
+    precision,
+  )
+  return _ScoringRun(
+    config,
+    dataset.dcase_year(config),
+    features,
+    groups,
+    (*restored, precision),
+    [by_name[g.name] for g in groups],
+  )
+
+
+def _evaluate_dev_set(run, out):
   """Scores the dev test clips and writes their result files.
 
   Returns:
     (report without "eval", the seed ensemble's scored rows)
   """
+  config, year, features, groups, weights, thresholds = run
   setup, params, batch_stats, precision = weights
   dev_clips = [group_scoring.dev_test_clips(features, g) for g in groups]
   dev_scores = group_scoring.score_groups(
@@ -281,53 +334,73 @@ def _official_score(year, table, rows):
   )
 
 
-def _evaluate_eval_set(
-  config, year, features, groups, weights, thresholds, out, ground_truth_path
-):
-  """Writes eval score CSVs; with a ground truth, the eval table too."""
-  eval_of = lambda g: [
-    c for c in g.test_clips if features.clips[c].subset == "eval"
+def _evaluate_eval_set(run, out, ground_truth_path, partial_allowed):
+  """Writes eval score CSVs; with a ground truth, the eval table too.
+
+  Returns:
+    The report's {"eval", "eval_score", "eval_partial"}, each None where
+    there is no ground truth.
+  """
+  config, year, features, groups, weights, thresholds = run
+  eval_clips = [
+    [c for c in g.test_clips if features.clips[c].subset == "eval"]
+    for g in groups
   ]
-  eval_clips = [eval_of(g) for g in groups]
+  if not any(eval_clips) and ground_truth_path:
+    raise AeasdError(
+      f"--eval_ground_truth={ground_truth_path} given, but"
+      " the dataset has no eval_data/<type>/test clips"
+    )
+  report = {"eval": None, "eval_score": None, "eval_partial": None}
   if not any(eval_clips):
-    if ground_truth_path:
-      raise AeasdError(
-        f"--eval_ground_truth={ground_truth_path} given, but"
-        " the dataset has no eval_data/<type>/test clips"
-      )
-    return None
+    return report
+  truth_of = result_tables.own_truth  # Blind: UNLABELLED.
+  if ground_truth_path:
+    truth = results.read_ground_truth(ground_truth_path, year)
+    report["eval_partial"] = results.ground_truth_coverage(
+      ground_truth_path,
+      truth,
+      {
+        (features.clips[c].machine_type, features.clips[c].name)
+        for clips in eval_clips
+        for c in clips
+      },
+      partial_allowed,
+    )
+    truth_of = functools.partial(_label_of, ground_truth_path, truth)
   setup, params, batch_stats, precision = weights
   scores = group_scoring.score_groups(
     config, features, setup, params, batch_stats, eval_clips, precision
   )
-  ensemble = [s.mean(0) for s in scores]
-  eval_out = out / "eval"
-  eval_out.mkdir(exist_ok=True)
-  truth_of = result_tables.own_truth  # Blind: UNLABELLED.
-  if ground_truth_path:
-    truth = results.read_ground_truth(ground_truth_path, year)
-
-    def truth_of(clip):
-      try:
-        return truth[clip.machine_type][clip.name]
-      except KeyError:
-        raise AeasdError(
-          f"{ground_truth_path}: no label for {clip.machine_type}"
-          f"/{clip.name}; expected one row per eval test"
-          " file"
-        ) from None
-
   rows = result_tables.scored_clips(
-    features, eval_clips, ensemble, truth_of, thresholds
+    features, eval_clips, [s.mean(0) for s in scores], truth_of, thresholds
   )
+  eval_out = out / "eval"
+  eval_out.mkdir()
   _write_score_files(eval_out, year, rows)
   if not ground_truth_path:
-    return None
+    return report
   table = result_tables.metric_table(year, rows)
   score, ci95 = _official_score(year, table, rows)
-  results.write_result_csv(eval_out / "result.csv", year, table, score, ci95)
-  print(result_tables.format_table(year, table, "eval set", ci95))
-  return table
+  partial = report["eval_partial"]
+  results.write_result_csv(
+    eval_out / "result.csv", year, table, score, ci95, partial
+  )
+  title = f"eval set (PARTIAL: {partial})" if partial else "eval set"
+  print(result_tables.format_table(year, table, title, ci95))
+  report.update(eval=table, eval_score=score)
+  return report
+
+
+def _label_of(ground_truth_path, truth, clip):
+  """(label, domain) of an eval clip in the ground truth."""
+  try:
+    return truth[clip.machine_type][clip.name]
+  except KeyError:
+    raise AeasdError(
+      f"{ground_truth_path}: no label for {clip.machine_type}"
+      f"/{clip.name}; expected one row per eval test file"
+    ) from None
 
 
 def _write_decision_summary(path, year, report):

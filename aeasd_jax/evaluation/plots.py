@@ -6,6 +6,8 @@ histogram with the decision threshold. matplotlib is the optional [plot]
 extra; without it, say so and go on.
 """
 
+import pathlib
+
 import numpy as np
 
 from aeasd_jax.data import dcase
@@ -36,8 +38,8 @@ def roc_curves(year, unit):
   ]
 
 
-def write(folder, year, rows, table):
-  """One PNG per (type, section): ROC curves and the score histogram."""
+def _pyplot():
+  """matplotlib's pyplot on a file-only backend, or a one-line error."""
   try:
     import matplotlib  # pylint: disable=g-import-not-at-top
 
@@ -47,6 +49,18 @@ def write(folder, year, rows, table):
     raise AeasdError(
       "--plots needs matplotlib: pip install -e .[plot]"
     ) from None
+  return plt
+
+
+def _save(plt, fig, path):
+  with file_io.atomic_open(path, "wb") as f:
+    fig.savefig(f, format="png")
+  plt.close(fig)
+
+
+def write(folder, year, rows, table):
+  """One PNG per (type, section): ROC curves and the score histogram."""
+  plt = _pyplot()
   for (machine_type, section), unit in result_tables.by_section(rows).items():
     labels = np.array([r.label for r in unit])
     scores = np.array([r.score for r in unit])
@@ -75,8 +89,58 @@ def write(folder, year, rows, table):
     )
     hist.legend()
     fig.tight_layout()
-    with file_io.atomic_open(
-      folder / f"plot_{machine_type}_{section}.png", "wb"
-    ) as f:
-      fig.savefig(f, format="png")
-    plt.close(fig)
+    _save(plt, fig, folder / f"plot_{machine_type}_{section}.png")
+
+
+def write_recordings(folder, config, rows, recordings, errors):
+  """One PNG per scored recording (evaluate.py --wav --plots).
+
+  Above, the log-mel spectrogram with the segments shaded; below, each
+  window's error over time (at its first frame) and the window threshold.
+
+  Args:
+    folder: where the PNGs go, created if needed; each is named after its
+      recording (a name taken twice gets _2, _3, ...).
+    config: the run's config.
+    rows: score_recordings' rows.
+    recordings: the FeatureCache of the readable recordings.
+    errors: {row index: [windows, n_mels] window errors per band}.
+  """
+  plt = _pyplot()
+  folder.mkdir(parents=True, exist_ok=True)
+  seconds_per_frame = config.features.hop_length / config.features.sample_rate
+  taken = set()
+  for i, r in enumerate(recordings.clips):
+    row = rows[r]
+    start = recordings.offsets[i]
+    frames = recordings.frames[start : start + recordings.lengths[i]]
+    fig, (spectrogram, curve) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+    spectrogram.imshow(
+      frames.T,
+      origin="lower",
+      aspect="auto",
+      extent=(0, len(frames) * seconds_per_frame, 0, frames.shape[1]),
+    )
+    spectrogram.set(ylabel="mel band", title=f"{row['path']}")
+    window_error = errors[r].mean(axis=1)
+    curve.plot(np.arange(len(window_error)) * seconds_per_frame, window_error)
+    curve.axhline(
+      row["window_threshold"], color="k", linestyle="--", label="threshold"
+    )
+    for segment in row["segments"]:
+      for axes in (spectrogram, curve):
+        axes.axvspan(segment.start_s, segment.end_s, color="r", alpha=0.25)
+    curve.set(xlabel="time (s)", ylabel="window error")
+    curve.legend()
+    fig.tight_layout()
+    _save(plt, fig, folder / f"{_unique_stem(row['path'], taken)}.png")
+
+
+def _unique_stem(path, taken):
+  stem = pathlib.Path(path).stem
+  name, n = stem, 1
+  while name in taken:
+    n += 1
+    name = f"{stem}_{n}"
+  taken.add(name)
+  return name

@@ -1,12 +1,13 @@
 """Scoring new recordings with a trained run, as a plant engineer would.
 
 Each file gets a score, its group's threshold and a decision, or its own
-error; printed one line a file, with names escaped so none can forge a line.
+error, and the segments where its windows stand out; printed a line a file
+(then a line a segment) with names escaped so none can forge a line, or as
+JSON lines.
 """
 
 import functools
 import pathlib
-import re
 
 import numpy as np
 
@@ -15,9 +16,13 @@ from aeasd_jax.data import cache
 from aeasd_jax.data import dataset
 from aeasd_jax.data import dcase
 from aeasd_jax.evaluation import evaluate
+from aeasd_jax.evaluation import plots as plots_lib
+from aeasd_jax.evaluation import segments
 from aeasd_jax.data import features as features_lib
 from aeasd_jax.scoring import group_scoring
+from aeasd_jax.scoring import windows
 from aeasd_jax.training import run_identity
+from aeasd_jax.workdir import file_io
 from aeasd_jax.workdir import layout
 from aeasd_jax.training import restore
 from aeasd_jax.errors import AeasdError
@@ -46,19 +51,22 @@ def _rate_advice(sample_rate):
 
 
 def _group_of_recording(path, machine_type, group_names):
+  """The group whose model scores a recording: its type, or type/section.
+
+  With one model per section (id in 2020), the file's DCASE name tells the
+  section, read as the data layer reads clip names.
+  """
   if machine_type in group_names:
     return machine_type
-  match = re.search(r"id_\d+", path.name)
-  name = f"{machine_type}/{match.group(0)}" if match else None
+  name = f"{machine_type}/{dcase.section_in_name(path)}"
   if name not in group_names:
     prefix = machine_type + "/"
-    trained_ids = [
-      g[len(prefix) :] for g in group_names if g.startswith(prefix)
-    ]
+    trained = [g[len(prefix) :] for g in group_names if g.startswith(prefix)]
     raise AeasdError(
-      f"{path}: this run has one model per machine type and id, and the"
-      f" file name gives no trained id of {machine_type}; expected a name"
-      f" containing one of {trained_ids}"
+      f"{path}: this run has one model per machine type and section (id in"
+      f" 2020), and the file name gives no trained section of {machine_type};"
+      f" expected a DCASE clip name of one of {trained}, such as"
+      f" {trained[0]}_0001.wav"
     )
   return name
 
@@ -70,9 +78,16 @@ def score_recordings(
   machine_type=None,
   which="best",
   data_root=None,
+  cache_dir=None,
   score_method=None,
+  output="text",
+  plots=False,
 ):
   """Scores any recordings with a trained run and decides normal or anomaly.
+
+  Each recording also gets the time segments whose windows stand out, and
+  the mel bands that carry most of their error (scoring/windows.py says
+  when a window stands out).
 
   Args:
     workdir: the run's folder.
@@ -82,14 +97,22 @@ def score_recordings(
     which: the --checkpoint value.
     data_root: where the run's data lies now, needed only to fit thresholds
       that thresholds.json lacks (see evaluate.load_data).
+    cache_dir: where its feature cache lies now (run_identity.load_config).
     score_method: "mse" or "mahalanobis" in place of config.score.method.
+    output: "text" (a tab-separated line per file, then a line per segment)
+      or "json" (one JSON object per file and line).
+    plots: also draw each recording's window errors and spectrogram, with
+      its segments marked, under the workdir's results/recordings/.
 
   Returns:
-    One dict per file: path, and score, threshold and anomaly, or error.
+    One dict per file: path, and score, threshold, anomaly, window
+    threshold and segments, or error.
   """
+  if output not in ("text", "json"):
+    raise AeasdError(f"--format={output}: expected text or json")
   workdir = layout.Workdir(workdir)
   config = evaluate.with_score_method(
-    run_identity.load_config(workdir), score_method
+    run_identity.load_config(workdir, cache_dir), score_method
   )
   group_names = workdir.read_groups()
   machine_type = _machine_type(machine_type, group_names)
@@ -110,7 +133,17 @@ def score_recordings(
   if recordings is not None:
     weights = (setup, params, batch_stats, precision)
     _score(config, rows, recordings, group_names, weights, thresholds)
-  _print_rows(rows)
+    window_thresholds = group_scoring.window_thresholds_for(
+      config, workdir, load_data, setup, params, batch_stats, tag
+    )
+    errors = _localise(
+      config, rows, recordings, group_names, weights, window_thresholds
+    )
+    if plots:
+      plots_lib.write_recordings(
+        workdir.recording_plots, config, rows, recordings, errors
+      )
+  _print_rows(rows, output)
   if recordings is None:
     raise AeasdError(
       f"--wav={shown(path)}: none of the {len(rows)} file(s)"
@@ -168,6 +201,7 @@ def _read_recordings(config, path, machine_type, group_names):
       row["error"] = str(e)
       continue
     row["group"] = group
+    row["seconds"] = len(wave) / config.features.sample_rate
     clips.append(len(rows) - 1)
     frames.append(mel)
   if not clips:
@@ -203,15 +237,96 @@ def _score(config, rows, recordings, group_names, weights, thresholds):
       )
 
 
-def _print_rows(rows):
+def _localise(config, rows, recordings, group_names, weights, thresholds):
+  """Adds window_threshold and segments to each readable recording's row.
+
+  Returns:
+    {row index: [windows, n_mels] window errors per band}, for the plots.
+  """
+  setup, params, batch_stats, _ = weights
+  features = config.features
+  band_ranges = features_lib.mel_band_ranges(
+    features.sample_rate,
+    features.n_mels,
+    features.fmin,
+    features.fmax,
+    features.htk,
+  )
+  errors = {}
+  for i, r in enumerate(recordings.clips):
+    row = rows[r]
+    start = recordings.offsets[i]
+    errors[r] = windows.band_errors(
+      setup,
+      params,
+      batch_stats,
+      group_names.index(row["group"]),
+      recordings.frames[start : start + recordings.lengths[i]],
+    )
+    row["window_threshold"] = thresholds[row["group"]]
+    row["segments"] = segments.find_segments(
+      errors[r],
+      row["window_threshold"],
+      seconds_per_frame=features.hop_length / features.sample_rate,
+      frames_per_window=setup.frames_per_window,
+      band_ranges=band_ranges,
+      duration_s=row["seconds"],
+      max_bands=config.score.segment_bands,
+    )
+  return errors
+
+
+def _print_rows(rows, output):
+  for row in rows:
+    print(_json_line(row) if output == "json" else _text_lines(row))
+
+
+def _text_lines(row):
   # Tab-separated fields; a name holding a tab or newline is printed
   # escaped, so it cannot forge a field or a line.
-  for row in rows:
-    if "error" in row:
-      print(f"{shown(row['path'])}\tERROR\t{shown(row['error'])}")
-    else:
-      verdict = "ANOMALY" if row["anomaly"] else "normal"
-      print(
-        f"{shown(row['path'])}\t{row['score']:.6g}\t(threshold"
-        f" {row['threshold']:.6g})\t{verdict}"
-      )
+  if "error" in row:
+    return f"{shown(row['path'])}\tERROR\t{shown(row['error'])}"
+  verdict = "ANOMALY" if row["anomaly"] else "normal"
+  lines = [
+    f"{shown(row['path'])}\t{row['score']:.6g}\t(threshold"
+    f" {row['threshold']:.6g})\t{verdict}"
+  ]
+  for segment in row["segments"]:
+    bands = ", ".join(
+      f"{low:.0f}-{high:.0f} Hz ({share:.0%})"
+      for low, high, share in segment.bands
+    )
+    lines.append(
+      f"  segment {segment.start_s:.2f}-{segment.end_s:.2f} s"
+      f" (peak {segment.peak:.4g}, window threshold"
+      f" {row['window_threshold']:.4g}): {bands}"
+    )
+  return "\n".join(lines)
+
+
+def _json_line(row):
+  """One recording as a JSON object, for monitoring systems to read."""
+  if "error" in row:
+    return file_io.dumps_json({"file": row["path"], "error": row["error"]})
+  return file_io.dumps_json(
+    {
+      "file": row["path"],
+      "group": row["group"],
+      "score": row["score"],
+      "threshold": row["threshold"],
+      "decision": "anomaly" if row["anomaly"] else "normal",
+      "window_threshold": row["window_threshold"],
+      "segments": [
+        {
+          "start_s": s.start_s,
+          "end_s": s.end_s,
+          "peak": s.peak,
+          "bands": [
+            {"low_hz": low, "high_hz": high, "share": share}
+            for low, high, share in s.bands
+          ],
+        }
+        for s in row["segments"]
+      ],
+    }
+  )

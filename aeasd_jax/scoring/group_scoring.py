@@ -6,6 +6,7 @@ through here, so this module imports neither.
 
 import hashlib
 import logging
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -13,12 +14,11 @@ import numpy as np
 from aeasd_jax.scoring import mahalanobis
 from aeasd_jax.metrics import result_tables
 from aeasd_jax.scoring import reconstruction
+from aeasd_jax.scoring import windows
 from aeasd_jax.data import window_data
 from aeasd_jax.workdir import file_io
 
 log = logging.getLogger(__name__)
-
-# The stored Mahalanobis statistics: one <weights digest>.npz per weights.
 
 
 def score_models(
@@ -239,14 +239,12 @@ def fit_thresholds(
     g.name: fit_threshold(s.mean(0), config.score.threshold_percentile)
     for g, s in zip(groups, scores)
   }
-  stored = workdir.read_thresholds()
-  stored[_threshold_key(config, tag)] = {
-    "percentile": config.score.threshold_percentile,
-    "pooling": config.score.pooling,
-    "weights": weights_digest(params, batch_stats),
-    "thresholds": thresholds,
-  }
-  workdir.write_thresholds(stored)
+  _store(
+    workdir,
+    _threshold_key(config, tag),
+    _decision_fit(config, params, batch_stats),
+    thresholds,
+  )
   return thresholds
 
 
@@ -258,15 +256,11 @@ def stored_thresholds(config, workdir, tag, params, batch_stats):
   digest; an entry of other weights, or of an older version without a
   digest, is fitted again.
   """
-  entry = workdir.read_thresholds().get(_threshold_key(config, tag))
-  if (
-    entry
-    and entry["percentile"] == config.score.threshold_percentile
-    and entry["pooling"] == config.score.pooling
-    and entry.get("weights") == weights_digest(params, batch_stats)
-  ):
-    return entry["thresholds"]
-  return None
+  return _stored(
+    workdir,
+    _threshold_key(config, tag),
+    _decision_fit(config, params, batch_stats),
+  )
 
 
 def thresholds_for(
@@ -294,6 +288,85 @@ def thresholds_for(
     tag,
     precision,
   )
+
+
+def window_thresholds_for(
+  config, workdir, load_data, setup, params, batch_stats, tag
+):
+  """Each group's window threshold for these weights: stored, or fitted.
+
+  The gamma fit, at config.score.segment_percentile, of the highest window
+  error (scoring/windows.py) of each of the group's held-out normal clips,
+  the clips the decision threshold is fitted to.
+
+  Args:
+    load_data: () -> (features, groups), called only when fitting.
+    Others: as fit_thresholds takes them.
+
+  Returns:
+    {group name: threshold}
+  """
+  # Window errors are reconstruction errors whatever config.score.method.
+  key = f"{tag} windows"
+  fit = _Fit(
+    config.score.segment_percentile, "max", weights_digest(params, batch_stats)
+  )
+  stored = _stored(workdir, key, fit)
+  if stored is not None:
+    return stored
+  features, groups = load_data()
+  thresholds = {}
+  for row, group in enumerate(groups):
+    peaks = [
+      windows.band_errors(
+        setup, params, batch_stats, row, _clip_frames(features, c)
+      )
+      .mean(axis=1)
+      .max()
+      for c in _threshold_clips(group)
+    ]
+    thresholds[group.name] = fit_threshold(peaks, fit.percentile)
+  _store(workdir, key, fit, thresholds)
+  return thresholds
+
+
+def _clip_frames(features, clip):
+  start = features.offsets[clip]
+  return features.frames[start : start + features.lengths[clip]]
+
+
+class _Fit(NamedTuple):
+  """What a stored threshold was fitted with; a mismatch fits it again."""
+
+  percentile: float
+  pooling: str
+  weights: str  # weights_digest of the weights it belongs to.
+
+
+def _decision_fit(config, params, batch_stats):
+  return _Fit(
+    config.score.threshold_percentile,
+    config.score.pooling,
+    weights_digest(params, batch_stats),
+  )
+
+
+def _stored(workdir, key, fit):
+  entry = workdir.read_thresholds().get(key)
+  if (
+    entry
+    and entry["percentile"] == fit.percentile
+    and entry["pooling"] == fit.pooling
+    and entry.get("weights") == fit.weights
+  ):
+    return entry["thresholds"]
+  return None
+
+
+def _store(workdir, key, fit, thresholds):
+  stored = workdir.read_thresholds()
+  stored[key] = {**fit._asdict(), "thresholds": thresholds}
+  workdir.write_thresholds(stored)
 
 
 def _threshold_key(config, tag):

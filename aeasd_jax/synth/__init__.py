@@ -44,7 +44,10 @@ DEFAULT_SECONDS = 2.0
 DEFAULT_SAMPLE_RATE = 16000
 MACHINE_TYPES = tuple(machine_sounds.MACHINES)
 
-_MIN_SECONDS = 0.5
+# A clip holds several clicks and strokes from MIN_SECONDS on; MAX_SECONDS
+# bounds the memory a clip takes while it is made.
+MIN_SECONDS = 0.5
+MAX_SECONDS = 600.0
 
 
 class OutDirExistsError(AeasdError, FileExistsError):
@@ -65,10 +68,9 @@ def _check(year, seed, clips_per_id, seconds, sample_rate, machine_types):
     raise AeasdError(f'seed must be >= 0, got {seed}')
   if clips_per_id < 1:
     raise AeasdError(f'clips_per_id must be >= 1, got {clips_per_id}')
-  if seconds < _MIN_SECONDS:
+  if not MIN_SECONDS <= seconds <= MAX_SECONDS:  # NaN fails too.
     raise AeasdError(
-      f'seconds must be >= {_MIN_SECONDS} so that a clip holds several '
-      f'clicks and strokes, got {seconds}'
+      f'seconds must be in [{MIN_SECONDS}, {MAX_SECONDS:g}], got {seconds}'
     )
   # Scrape noise and valve modes reach 6 kHz, below the Nyquist frequency of
   # DCASE's 16 kHz with room to spare.

@@ -5,9 +5,12 @@ A wrong value otherwise fails minutes later, deep inside a compiled program.
 
 import math
 import numbers
+import os
 
 import jax
 
+from aeasd_jax import cache_dir
+from aeasd_jax import runtime
 from aeasd_jax.data import dcase
 from aeasd_jax.data import features
 from aeasd_jax.training import fused
@@ -15,6 +18,7 @@ from aeasd_jax.models import autoencoders
 from aeasd_jax.scoring import reconstruction
 from aeasd_jax import synth
 from aeasd_jax.errors import AeasdError
+from aeasd_jax.errors import shown
 
 
 def _require(ok, setting, value, expected):
@@ -30,15 +34,22 @@ def lookup(config, setting):
   return value
 
 
+def _is_int(value):
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _positive_int(config, setting):
   value = lookup(config, setting)
+  _require(_is_int(value) and value > 0, setting, value, "a positive integer")
+
+
+def _seed(config, setting, high=math.inf):
+  value = lookup(config, setting)
   _require(
-    isinstance(value, numbers.Integral)
-    and not isinstance(value, bool)
-    and value > 0,
+    _is_int(value) and 0 <= value <= high,
     setting,
     value,
-    "a positive integer",
+    "an integer >= 0" if high == math.inf else f"an integer in [0, {high}]",
   )
 
 
@@ -77,16 +88,50 @@ def _choice(config, setting, choices):
   )
 
 
+def _string(config, setting):
+  value = lookup(config, setting)
+  _require(isinstance(value, str), setting, value, "a string")
+
+
+def _folder(config, setting, path):
+  """A path setting leads to `path`, which must be a usable folder."""
+  problem = runtime.path_problem(path, folder=True)
+  if problem:
+    value = lookup(config, setting)
+    where = "" if os.fspath(path) == value else f" (at {shown(path)})"
+    raise AeasdError(f"config.{setting}={value!r}{where}: {problem}")
+
+
 def check_config(config):
   """Raises AeasdError for the first setting that is out of range."""
   # First: model.n_mels refers to features.n_mels, and a bad feature setting
   # should be named as such.
   features.check_params(dict(config.features), prefix="config.features.")
+  _check_run(config)
   _check_model(config)
   _check_data(config)
   _check_train(config)
   _check_score(config)
   _check_synth(config)
+
+
+def _check_run(config):
+  # Without x64, JAX keys keep the low 32 bits: seed 2**32 would repeat 0.
+  _seed(config, "seed", high=2**32 - 1)
+  _number_in(config, "workdir_lock_stale_s", "(0, inf)")
+  for setting in ("compile_cache_dir", "data.root", "data.cache_dir"):
+    _string(config, setting)
+  # Empty settings lead to the user's cache folder: it must do too.
+  _folder(config, "data.cache_dir", cache_dir.root(config))
+  compile_cache = config.compile_cache_dir
+  if compile_cache != "off":
+    _folder(
+      config,
+      "compile_cache_dir",
+      os.path.expanduser(compile_cache) or cache_dir.root(config) / "jax",
+    )
+  if config.data.root:
+    _folder(config, "data.root", os.path.expanduser(config.data.root))
 
 
 def _check_model(config):
@@ -139,9 +184,32 @@ def _check_data(config):
   ):
     _positive_int(config, setting)
   _choice(config, "data.group_by", {"type", "type_section", "type_id"})
+  for setting in ("data.dev_dir", "data.eval_dir"):
+    value = lookup(config, setting)
+    _require(
+      isinstance(value, str)
+      and value.strip()
+      and not os.path.isabs(value)
+      and runtime.is_utf8(value),
+      setting,
+      value,
+      "a UTF-8 folder name inside data.root, such as 'dev_data'",
+    )
+  types = config.data.machine_types
+  _require(
+    isinstance(types, (tuple, list))
+    and all(
+      isinstance(t, str) and t and not t.startswith(".") and runtime.is_utf8(t)
+      for t in types
+    ),
+    "data.machine_types",
+    types,
+    "a tuple of machine type folder names such as ('fan', 'valve'), or ()"
+    " for every type",
+  )
   year = config.data.dcase_year
   _require(
-    year is None or year in dcase.YEARS,
+    year is None or (_is_int(year) and year in dcase.YEARS),
     "data.dcase_year",
     year,
     f"None (tell from the names) or a year in {dcase.YEARS[0]}-"
@@ -182,9 +250,10 @@ def _check_train(config):
     "train.log_every",
   ):
     _positive_int(config, setting)
-  _choice(config, "train.select_by", {"val_loss", "dev_auc"})
+  _choice(config, "train.select_by", {"last", "val_loss", "dev_auc"})
   _choice(config, "train.kernels", set(fused.KERNELS))
   _bool(config, "train.pallas_interpret")
+  _bool(config, "train.tensorboard")
   fused.resolve_kernels(config)
   for setting, interval in (
     ("train.learning_rate", "(0, 1e3]"),
@@ -203,6 +272,8 @@ def _check_train(config):
 
 def _check_score(config):
   _positive_int(config, "score.batch_windows")
+  _positive_int(config, "score.segment_bands")
+  _number_in(config, "score.segment_percentile", "(0, 100)")
   _choice(config, "score.method", {"mse", "mahalanobis"})
   _choice(config, "score.pooling", set(reconstruction.POOLINGS))
   _number_in(config, "score.gwrp_decay", "[0, 1]")
@@ -212,13 +283,16 @@ def _check_score(config):
 
 def _check_synth(config):
   _positive_int(config, "synth.clips_per_id")
+  _seed(config, "synth.seed")
   _require(
-    config.synth.year in synth.YEARS,
+    _is_int(config.synth.year) and config.synth.year in synth.YEARS,
     "synth.year",
     config.synth.year,
     f"one of {list(synth.YEARS)}",
   )
-  _number_in(config, "synth.seconds", "[0.1, 600]")
+  _number_in(
+    config, "synth.seconds", f"[{synth.MIN_SECONDS}, {synth.MAX_SECONDS:g}]"
+  )
 
 
 def check_devices(config, num_devices):

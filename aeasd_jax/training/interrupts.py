@@ -1,7 +1,8 @@
-"""Ctrl-C during training: stop at an epoch boundary, or at once if safe.
+"""Ctrl-C and SIGTERM during training: stop at an epoch boundary, or at once.
 
-The first Ctrl-C lets the epoch finish and be saved; a second one stops at
-once, but only inside an epoch's computation.
+The first Ctrl-C or SIGTERM (how Slurm and Kubernetes preempt a job) lets
+the epoch finish and be saved; a second Ctrl-C stops at once, but only
+inside an epoch's computation.
 """
 
 import contextlib
@@ -13,31 +14,60 @@ import jax
 
 log = logging.getLogger(__name__)
 
+# The signals that ask for a stop, as messages name them.
+SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+
 
 class StopRequest:
-  """Ctrl-C once: finish the epoch, save it and stop. Twice: stop at once.
+  """Ctrl-C or SIGTERM once: finish the epoch, save it and stop.
 
-  "At once" only inside an epoch's computation: a checkpoint write cut short
-  leaves Orbax's threads waiting forever, so the process would never exit.
+  A second Ctrl-C stops at once, but only inside an epoch's computation: a
+  checkpoint write cut short leaves Orbax's threads waiting forever, so the
+  process would never exit. A second SIGTERM is only noted. It comes from a
+  machine, not a person: a scheduler that sends SIGKILL itself once its
+  grace period is over, or the same preemption delivered twice (scancel
+  signals the job's processes and srun forwards its own copy; a wrapper
+  script's trap passes it on). Stopping at once would throw away the very
+  epoch the grace period was granted to save.
+
   Installed only in a single-process run's main thread: the processes of a
   multi-host run could not agree on the epoch to stop at.
   """
 
   def __init__(self):
-    self.requested = False
+    self.signum = None  # The signal that asked for the stop, once one has.
     self._interruptible = False
 
+  @property
+  def requested(self):
+    return self.signum is not None
+
+  @property
+  def reason(self):
+    """What asked for the stop, as messages name it: "Ctrl-C" or "SIGTERM"."""
+    return SIGNALS[self.signum]
+
   def _handle(self, signum, frame):
-    del signum, frame
-    if self.requested and self._interruptible:
-      raise KeyboardInterrupt
+    del frame
     if self.requested:
-      log.warning("Ctrl-C: finishing this epoch's checkpoint write first")
+      self._handle_again(signum)
       return
-    self.requested = True
+    self.signum = signum
     log.warning(
-      "Ctrl-C: stopping once this epoch is saved (Ctrl-C again to stop at once)"
+      "%s: stopping once this epoch is saved (%s)",
+      SIGNALS[signum],
+      "Ctrl-C again to stop at once"
+      if signum == signal.SIGINT
+      else "a preemption or a kill; a second SIGTERM changes nothing",
     )
+
+  def _handle_again(self, signum):
+    if signum == signal.SIGINT and self._interruptible:
+      raise KeyboardInterrupt
+    if signum == signal.SIGINT:
+      log.warning("Ctrl-C: finishing this epoch's checkpoint write first")
+    else:
+      log.warning("SIGTERM again: still finishing and saving this epoch")
 
   @contextlib.contextmanager
   def interruptible(self):
@@ -56,8 +86,28 @@ class StopRequest:
     ):
       yield
       return
-    previous = signal.signal(signal.SIGINT, self._handle)
-    try:
+    with contextlib.ExitStack() as stack:
+      for signum in SIGNALS:
+        stack.enter_context(_handled(signum, self._handle))
       yield
-    finally:
-      signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def _handled(signum, handler):
+  """`handler` for `signum` in the block, unless the signal is ignored.
+
+  A signal inherited as ignored (SIG_IGN: a background job of a
+  non-interactive shell starts with SIGINT so) stays ignored, as Python
+  itself leaves it at startup: whoever started the run chose that the
+  signal should not stop it. None is a handler set outside Python, which
+  could not be put back.
+  """
+  previous = signal.getsignal(signum)
+  if previous is signal.SIG_IGN or previous is None:
+    yield
+    return
+  signal.signal(signum, handler)
+  try:
+    yield
+  finally:
+    signal.signal(signum, previous)

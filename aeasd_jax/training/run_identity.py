@@ -13,6 +13,7 @@ import ml_collections
 
 from aeasd_jax.training import config_check
 from aeasd_jax.data import dataset
+from aeasd_jax.workdir import checkpoint
 from aeasd_jax.workdir import file_io
 from aeasd_jax.workdir import layout
 from aeasd_jax.errors import AeasdError
@@ -55,20 +56,26 @@ def check_resume(workdir, config):
     config: the run's config.
 
   Raises:
-    AeasdError: the workdir cannot be written, one of its files is damaged,
-      or it holds a run of other settings that its checkpoints would not fit.
+    AeasdError: the workdir cannot hold checkpoints or be written, one of
+      its files is damaged, or it holds a run of other settings that its
+      checkpoints would not fit.
   """
+  checkpoint.check_directory(workdir.checkpoints)
   workdir.make()
   if workdir.config_file.exists():
     # Only the identity settings: the others come from this run's config,
     # which may have settings that a workdir of an older version lacks.
     saved = _load_config(workdir, check=lambda settings: None)
     for setting in IDENTITY_SETTINGS:
-      old, new = _get(saved, setting), _get(config, setting)
-      if old != new:
+      difference = _first_difference(
+        setting, _get(saved, setting), _get(config, setting)
+      )
+      if difference:
+        dotted, old, new = difference
         raise AeasdError(
-          f"workdir {workdir} holds a run with {setting}={old}, but this"
-          f" config has {new}; use another --workdir or the same settings"
+          f"workdir {workdir} holds a run with {dotted}={old!r}, but this"
+          f" config has {dotted}={new!r}; use another --workdir or the same"
+          " settings"
         )
   if workdir.groups_file.exists():
     workdir.read_groups()
@@ -110,24 +117,33 @@ def check_same_data(workdir, config, features, groups):
     )
 
 
-def load_config(workdir):
+def load_config(workdir, cache_dir=None):
   """The ConfigDict a workdir was trained with.
 
   A setting added to configs/default.py after the workdir was written takes
   its default, with a warning; without them every new setting would make
   older workdirs unreadable. A lacking section or seed is damage.
 
+  Args:
+    workdir: the run's folder.
+    cache_dir: the --cache_dir flag: in place of data.cache_dir (a copied
+      workdir's cache on its new machine); config.json is not changed.
+
   Raises:
     AeasdError: config.json is missing, not JSON, or lacks a setting.
   """
-  return _load_config(layout.Workdir(workdir), config_check.check_config)
+  return _load_config(
+    layout.Workdir(workdir), config_check.check_config, cache_dir
+  )
 
 
-def _load_config(workdir, check):
+def _load_config(workdir, check, cache_dir=None):
   """config.json, which must hold the identity settings and pass `check`."""
   path = workdir.config_file
   values = workdir.read_config_values(_CONFIG_HINT)
   _fill_newer_settings(path, values)
+  if cache_dir is not None and isinstance(values.get("data"), dict):
+    values["data"]["cache_dir"] = cache_dir
   trail = []  # The dotted settings looked up, the failing one last.
   settings = _Settings(values, trail)
   try:
@@ -221,6 +237,33 @@ class _Settings(dict):
     if key.startswith("__"):
       raise AttributeError(key)
     return self[key]  # A missing setting raises KeyError, as reported.
+
+
+def _first_difference(dotted, old, new):
+  """(setting, old, new) of the first leaf setting that differs, or None.
+
+  Sections are compared leaf by leaf, in sorted order, so a message names
+  model.hidden rather than printing the whole model section twice.
+  """
+  if isinstance(old, dict) and isinstance(new, dict):
+    for key in sorted(set(old) | set(new)):
+      found = _first_difference(
+        f"{dotted}.{key}", old.get(key, _ABSENT), new.get(key, _ABSENT)
+      )
+      if found:
+        return found
+    return None
+  return None if old == new else (dotted, old, new)
+
+
+class _Absent:
+  """A setting one of two configs lacks."""
+
+  def __repr__(self):
+    return "(no such setting)"
+
+
+_ABSENT = _Absent()
 
 
 def _get(config, dotted):

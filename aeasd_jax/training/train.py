@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 def check_trainable(config, features, groups):
-  """Every clip holds a window, and every group at least one full batch.
+  """Every clip holds a window, every group a full batch and some sound.
 
   Checked before anything compiles, so the message names the real cause.
   """
@@ -41,6 +41,7 @@ def check_trainable(config, features, groups):
     [c for g in groups for c in (*g.train_clips, *g.val_clips, *g.test_clips)],
     config.model.frames,
   )
+  window_data.check_constant_clips(features, groups)
   batch_size = config.train.batch_size
   for group in groups:
     count = window_data.window_count(
@@ -115,9 +116,13 @@ def _finite_or_raise(metrics, setup, epoch, last_saved):
 def _selection_metric(config, metrics, epoch, score_dev_auc):
   """Lower is better; +inf leaves a model's best weights unchanged.
 
-  With select_by="dev_auc" (AE-ASD's choice, which peeks at labelled test
-  data) the dev test AUC is also recorded in `metrics`.
+  With select_by="last" (the baselines' choice) -epoch always improves, so
+  the "best" weights are the latest. With select_by="dev_auc" (AE-ASD's
+  choice, which peeks at labelled test data) the dev test AUC is also
+  recorded in `metrics`.
   """
+  if config.train.select_by == "last":
+    return np.full_like(metrics["train_loss"], -epoch)
   if config.train.select_by == "val_loss":
     return metrics["val_loss"]
   if epoch % config.train.select_every:
@@ -279,9 +284,9 @@ def _open_metric_log(config, workdir, trainer, last_saved):
 def _train_epochs(config, trainer, state, mngr, writer, timer, score_dev_auc):
   """Trains up to config.train.epochs, checkpointing as configured.
 
-  A first Ctrl-C finishes and saves the current epoch; a second one inside
-  an epoch stops at once, keeping the last checkpoint. Either way the run
-  ends in Interrupted, and the rerun resumes.
+  A first Ctrl-C or SIGTERM finishes and saves the current epoch; a second
+  Ctrl-C inside an epoch stops at once, keeping the last checkpoint. Either
+  way the run ends in Interrupted, and the rerun resumes.
   """
   last_saved = mngr.latest_step()
   stop = interrupts.StopRequest()
@@ -310,18 +315,21 @@ def _train_epochs(config, trainer, state, mngr, writer, timer, score_dev_auc):
           with timer.phase("checkpoint"):
             checkpoint.save(mngr, epoch, state, in_flight=last_saved)
             last_saved = epoch
+      # Still under the handlers: a signal during the last write only asks
+      # for a stop, where it would kill the process or cut the write short.
+      with timer.phase("checkpoint"):
+        checkpoint.wait(mngr, last_saved)
   except KeyboardInterrupt:
     checkpoint.wait(mngr, last_saved)
     raise Interrupted(
       f"stopped during epoch {epoch}; rerun the same command to resume from"
       f" {_resume_point(mngr.latest_step())}"
     ) from None
-  with timer.phase("checkpoint"):
-    checkpoint.wait(mngr, last_saved)
   if stop.requested:
     raise Interrupted(
-      f"stopped after epoch {epoch} as asked (Ctrl-C);"
-      " rerun the same command to resume from it"
+      f"stopped after epoch {epoch} as asked ({stop.reason});"
+      " rerun the same command to resume from it",
+      stop.signum,
     )
   return state
 

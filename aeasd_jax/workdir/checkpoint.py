@@ -5,15 +5,53 @@ so a crash during a save never leaves a step that restores.
 """
 
 import contextlib
+import gc
+import logging
+import os
+import pathlib
 
 import jax
 import orbax.checkpoint as ocp
 
+from aeasd_jax import runtime
 from aeasd_jax.errors import AeasdError
+from aeasd_jax.errors import shown
+
+# etils' Path.glob, through which Orbax finds a step's per-process files,
+# reads the whole path as a pattern.
+_GLOB_CHARACTERS = "*?["
+
+
+def check_directory(directory):
+  """Refuses a checkpoints folder whose path Orbax cannot use, naming why.
+
+  TensorStore takes only UTF-8 paths, and a glob character anywhere in the
+  path hides a step's files from Orbax's own pattern (or shows it another
+  folder's): such a run trains, then never restores.
+
+  Args:
+    directory: a workdir's checkpoints folder, absolute.
+
+  Raises:
+    AeasdError: naming the workdir and why.
+  """
+  directory = pathlib.Path(directory)
+  problem = runtime.path_problem(directory, folder=True)
+  found = [c for c in _GLOB_CHARACTERS if c in os.fspath(directory)]
+  if found and not problem:
+    problem = (
+      f"{shown(directory)} holds {found[0]!r}, which Orbax reads as a glob"
+      " pattern when it looks for a checkpoint's files, so they would never"
+      " be read back; expected a path without *, ? or [ (rename the workdir,"
+      " e.g. sweep_1 for sweep[1])"
+    )
+  if problem:
+    raise AeasdError(f"workdir {shown(directory.parent)}: {problem}")
 
 
 def manager(directory, keep=3):
   """A CheckpointManager of `directory` keeping the newest `keep` epochs."""
+  check_directory(directory)
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
   # The handler named up front lets item_metadata() read a step's shapes
   # before restoring it.
@@ -76,23 +114,63 @@ def restore(mngr, abstract_state, step=None):
       f" found {sorted(mngr.all_steps())}"
     )
   where = mngr.directory / str(step)
-  # Orbax and TensorStore report damaged files with many exception types
-  # (bare Exception among them), so any failure to read is damage; a
-  # readable checkpoint of other shapes is told apart by comparing first.
-  try:
-    stored = _leaf_shapes(mngr.item_metadata(step))
-  except Exception as e:  # pylint: disable=broad-except
-    raise _unreadable(mngr, step, e) from None
+  # A readable checkpoint of other shapes is told apart by comparing first.
+  stored = _read(mngr, step, lambda: _leaf_shapes(mngr.item_metadata(step)))
   mismatch = _first_mismatch(stored, _leaf_shapes(abstract_state))
   if mismatch:
     raise AeasdError(
       f"{where}: the checkpoint does not fit this config ({mismatch});"
       " expected a workdir trained with the same model, groups and seeds"
     )
+  return _read(
+    mngr,
+    step,
+    lambda: mngr.restore(step, args=ocp.args.StandardRestore(abstract_state)),
+  )
+
+
+def _read(mngr, step, read):
+  """read() of step `step`; a failure is one AeasdError, and nothing else.
+
+  Orbax and TensorStore report damaged files with many exception types
+  (bare Exception among them), so any failure to read is damage.
+  """
+  with _logs_held():
+    try:
+      return read()
+    except Exception as e:  # pylint: disable=broad-except
+      error = _unreadable(mngr, step, e)
+    # With the failure let go, the asyncio tasks of the failed reads are
+    # collected, and log their exceptions: while the logs are still held.
+    gc.collect()
+    raise error
+
+
+@contextlib.contextmanager
+def _logs_held():
+  """Holds what Orbax (through absl) and asyncio log during the block.
+
+  A damaged checkpoint can make them log a traceback per failed read, which
+  would bury the one `error:` line that says what is wrong. On failure the
+  records are dropped; on success they are logged as they would have been.
+  """
+  records = []
+  holder = logging.Handler()
+  holder.emit = records.append
+  loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+  before = [(logger.handlers, logger.propagate) for logger in loggers]
+  for logger in loggers:
+    logger.handlers, logger.propagate = [holder], False
   try:
-    return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
-  except Exception as e:  # pylint: disable=broad-except
-    raise _unreadable(mngr, step, e) from None
+    yield
+  except BaseException:
+    records.clear()
+    raise
+  finally:
+    for logger, (handlers, propagate) in zip(loggers, before):
+      logger.handlers, logger.propagate = handlers, propagate
+  for record in records:
+    logging.getLogger(record.name).handle(record)
 
 
 def _unreadable(mngr, step, error):

@@ -4,9 +4,14 @@ Modules that read or write a workdir take a Workdir, never a string, so a
 reader learns what a workdir holds from this class alone.
 """
 
+import contextlib
 import math
 import os
 import pathlib
+import secrets
+import shutil
+
+import jax
 
 from aeasd_jax.errors import AeasdError
 from aeasd_jax.workdir import file_io
@@ -20,6 +25,9 @@ _DATA_HINT = (
   " on trust)"
 )
 
+# In each results/<method>/ folder: what its files are of.
+EVALUATION_FILE = "evaluation.json"
+
 
 class Workdir:
   """A run's folder and the files in it.
@@ -28,12 +36,17 @@ class Workdir:
                    checks pass; evaluate.py reads the run from it.
   groups.json      the groups (machine type or section) in model order.
   data.json        the fingerprint of the data the run trained on.
-  thresholds.json  {weights tag: the decision threshold fitted per group}.
+  thresholds.json  {weights tag: the decision threshold fitted per group},
+                   and under "<tag> windows" the window thresholds of
+                   --wav's segments.
   metrics.jsonl    one JSON record per epoch, evaluation and timing.
   checkpoints/     Orbax steps (epochs) of the stacked training state.
   mahalanobis/     <weights digest>.npz: the Mahalanobis statistics of
                    those weights.
-  results/         evaluate.py's files (README: "What evaluate.py writes").
+  results/         evaluate.py's files: a folder per score method (mse,
+                   mahalanobis), all from one evaluation, which its
+                   evaluation.json describes (README: "What evaluate.py
+                   writes"); recordings/ holds --wav --plots figures.
   workdir.lock     held by the train.py that runs in the workdir.
 
   JSON files are written atomically (file_io) and checked when read, so a
@@ -84,6 +97,54 @@ class Workdir:
   @property
   def results(self):
     return self.path / "results"
+
+  def results_for(self, method):
+    return self.results / method
+
+  @property
+  def recording_plots(self):
+    """evaluate.py --wav --plots: one PNG per recording."""
+    return self.results / "recordings"
+
+  def evaluation_file(self, method):
+    """What made results/<method>/: weights, score, ground truth."""
+    return self.results_for(method) / EVALUATION_FILE
+
+  @contextlib.contextmanager
+  def new_results(self, method):
+    """An empty folder that replaces results/<method> if the block succeeds.
+
+    The folder is built beside it under a hidden name and renamed in, so
+    results/<method> holds one evaluation's files, never a mix of two; a
+    crash leaves the previous complete folder. Only process 0 renames it
+    in: every process computes the same files, and the others write none
+    (file_io.write_text).
+
+    Raises:
+      AeasdError: results/ or results/<method> is not a folder, or cannot
+        be written.
+    """
+    final = self.results_for(method)
+    for path, what in (
+      (self.results, "evaluate.py's results"),
+      (final, f"evaluate.py's results of the {method} score"),
+    ):
+      if path.exists() and not path.is_dir():
+        raise AeasdError(
+          f"{path}: a file, not a folder; expected the folder of {what}"
+          " (move or delete the file)"
+        )
+    building = self.results / f".{method}.partial-{secrets.token_hex(6)}"
+    try:
+      building.mkdir(parents=True)
+    except OSError as e:
+      raise file_io.write_error(building, e) from None
+    try:
+      yield building
+      if jax.process_index() == 0:
+        _rename_in(building, final)
+    finally:
+      shutil.rmtree(building, ignore_errors=True)
 
   @property
   def lock_file(self):
@@ -184,6 +245,26 @@ class Workdir:
 
   def write_thresholds(self, stored):
     file_io.write_json(self.thresholds_file, stored, indent=2, sort_keys=True)
+
+
+def _rename_in(folder, final):
+  """Replaces `final` by `folder` by renames: a crash leaves one of them.
+
+  Raises:
+    AeasdError: a rename failed; `final` is put back as it was.
+  """
+  old = final.with_name(f".{final.name}.old-{secrets.token_hex(6)}")
+  had_old = final.exists()
+  try:
+    if had_old:
+      os.rename(final, old)
+    os.rename(folder, final)
+  except OSError as e:
+    if had_old and not final.exists():
+      with contextlib.suppress(OSError):
+        os.rename(old, final)
+    raise file_io.write_error(final, e) from None
+  shutil.rmtree(old, ignore_errors=True)
 
 
 def _is_number(value):
