@@ -4,6 +4,7 @@ The persistent compilation cache, multi-process initialisation, and turning
 AeasdError into a one-line message instead of a traceback.
 """
 
+import atexit
 import contextlib
 import difflib
 import json
@@ -207,7 +208,18 @@ def _exit(line, code):
   sys.stdout.flush()
   sys.stderr.flush()
   sys.stderr.write(line + "\n")
+  # The line says what went wrong and must stay the last one: the tasks and
+  # threads of a failed read (Orbax's, TensorStore's) may report only at
+  # shutdown, through asyncio's log or Python's hooks, after it. Only at
+  # shutdown: a caller that catches the SystemExit keeps its logs.
+  atexit.register(_quiet_shutdown)
   sys.exit(code)
+
+
+def _quiet_shutdown():
+  logging.disable(logging.CRITICAL)
+  sys.unraisablehook = threading.excepthook = lambda unused: None
+  sys.excepthook = lambda *unused: None
 
 
 def parse_flags(argv):

@@ -523,7 +523,9 @@ def test_a_damaged_checkpoint_is_the_one_line_evaluate_prints(
   _truncate_checkpoint(workdir, "data")
   result = _evaluate_py(f"--workdir={workdir}", "--checkpoint=latest")
   assert result.returncode == 2
-  (line,) = result.stderr.splitlines()
+  lines = result.stderr.splitlines()
+  assert len(lines) == 1, result.stderr
+  (line,) = lines
   assert line.startswith(
     f"error: {workdir}/checkpoints/2: the checkpoint is damaged ("
   ), line

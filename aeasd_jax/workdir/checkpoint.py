@@ -6,6 +6,9 @@ so a crash during a save never leaves a step that restores.
 
 import contextlib
 import gc
+import time
+import threading
+import sys
 import logging
 import os
 import pathlib
@@ -135,15 +138,52 @@ def _read(mngr, step, read):
   Orbax and TensorStore report damaged files with many exception types
   (bare Exception among them), so any failure to read is damage.
   """
-  with _logs_held():
+  with _logs_held(), _reports_held() as settle:
     try:
       return read()
     except Exception as e:  # pylint: disable=broad-except
       error = _unreadable(mngr, step, e)
     # With the failure let go, the asyncio tasks of the failed reads are
-    # collected, and log their exceptions: while the logs are still held.
-    gc.collect()
+    # collected and log their exceptions, and TensorStore's threads report
+    # into Orbax's closed event loop: while all of it is still held.
+    settle()
     raise error
+
+
+@contextlib.contextmanager
+def _reports_held(quiet_s=0.2, limit_s=2.0):
+  """Holds what other threads print as exceptions during the block.
+
+  A failed read's background work reports through sys.excepthook (from
+  TensorStore's threads), sys.unraisablehook (coroutines collected) and
+  threading.excepthook; printed, it would bury the error that follows. On
+  success the reports go to the hooks as they would have; on failure they
+  are dropped. Yields settle(), which waits, up to limit_s, until quiet_s
+  pass without a new report.
+  """
+  reports = []
+  hooks = (sys.excepthook, sys.unraisablehook, threading.excepthook)
+  sys.excepthook = lambda *args: reports.append((0, args))
+  sys.unraisablehook = lambda report: reports.append((1, (report,)))
+  threading.excepthook = lambda report: reports.append((2, (report,)))
+
+  def settle():
+    deadline = time.monotonic() + limit_s
+    seen = -1
+    while seen != len(reports) and time.monotonic() < deadline:
+      seen = len(reports)
+      gc.collect()
+      time.sleep(quiet_s)
+
+  try:
+    yield settle
+  except BaseException:
+    reports.clear()
+    raise
+  finally:
+    sys.excepthook, sys.unraisablehook, threading.excepthook = hooks
+  for hook, args in reports:
+    hooks[hook](*args)
 
 
 @contextlib.contextmanager
