@@ -77,10 +77,13 @@ flags.DEFINE(
 flags.DEFINE_enum(
   "score",
   None,
-  ["mse", "mahalanobis"],
-  "The anomaly score, in place of the workdir's config.score.method: the"
-  " reconstruction error, or the 2023+ baseline's selective Mahalanobis"
-  " distance (its statistics are fitted once per weights and stored).",
+  ["mse", "mahalanobis", "logprob", "knn"],
+  "The anomaly score, in place of the workdir's config.score.method."
+  " Autoencoders: the reconstruction error (mse), or the 2023+ baseline's"
+  " selective Mahalanobis distance. Classifiers: -log softmax of the clip's"
+  " own class (logprob), or the cosine distance to the nearest training"
+  " embedding of its class (knn). Statistics are fitted once per weights"
+  " and stored.",
 )
 FLAGS = flags.FLAGS
 

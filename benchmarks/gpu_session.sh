@@ -18,6 +18,8 @@
 #           (benchmarks/fused_table.py prints the table at the end)
 #   fused_m0  the memo's stage M0 (concurrent command buffers) against the
 #           default, XLA and Pallas paths, same call
+#   classifier  STgram-MFN's epoch (10-s clips, batch 128, 1 and 3 seeds)
+#           beside the PyTorch transcription (benchmarks/classifier_speed.py)
 # soundfile, ml-collections and librosa (feature_speed's baseline) were not on
 # the GPU image; their wheels in .whl/ are installed first. They were fetched
 # with `pip download --no-deps --only-binary=:all: --python-version 3.12
@@ -143,6 +145,13 @@ jax.devices())"
         step m0_concurrent 70 python3 benchmarks/train_speed.py $small \
         --kernels=xla,pallas --out="$RESULTS/gpu_m0_concurrent.json"
       python3 benchmarks/fused_table.py "$RESULTS"/gpu_m0_*.json
+      ;;
+    classifier)
+      for seeds in 1 3; do
+        step "classifier_${seeds}" 200 python3 benchmarks/classifier_speed.py \
+          --seconds=10 --batch=128 --clips=1024 --seeds=$seeds --peer \
+          --peer_steps=20 --out="$RESULTS/gpu_classifier_${seeds}.json"
+      done
       ;;
     *) echo "unknown part $part"; exit 2 ;;
   esac

@@ -24,7 +24,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from aeasd_jax.training import config_check
 from aeasd_jax import runtime
 from aeasd_jax.training import trainer as trainer_lib
-from aeasd_jax.data import window_data
 from benchmarks import common
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -395,11 +394,14 @@ def main(argv=None):
       )
     # Groups are laid out one after another, so a prefix is fewer groups.
     host = windows[key]
-    host = window_data.WindowData(
-      host.frames[
+    host = host._replace(
+      frames=host.frames[
         : setting.groups * (clips + args.val_clips) * common.FRAMES_PER_CLIP
       ],
-      *(x[: setting.groups] for x in host[1:]),
+      **{
+        name: getattr(host, name)[: setting.groups]
+        for name in ("train_starts", "train_counts", "val_starts", "val_counts")
+      },
     )
     for kernels in args.kernels:
       record = time_setting(

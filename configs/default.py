@@ -59,6 +59,13 @@ def get_config():
   # Audio seconds per log-mel call (64 clips of 10 s), which bounds its
   # memory: longer clips go in calls of fewer clips, at least one.
   config.data.feature_batch_seconds = 640.0
+  # Classifiers' clip examples: every clip tiled (repeated) or cut to this
+  # many seconds before its log-mel, as ASDKit; STgram-MFN keeps the first
+  # 10 s. None keeps clips whole (the autoencoders' windows need no more).
+  config.data.clip_seconds = config_dict.placeholder(float)
+  # Classifiers' classes: "section", one per machine type and id (2020) or
+  # section (2021+), over every type's training clips.
+  config.data.labels = "section"
 
   # The bundled dataset, used when data.root is empty (aeasd_jax/synth/).
   config.synth = ml_collections.ConfigDict()
@@ -85,7 +92,9 @@ def get_config():
   config.features.fmax = config_dict.placeholder(float)  # None: sr / 2.
 
   config.model = ml_collections.ConfigDict()
-  config.model.name = "AE"  # AE, VAE, IDNN or VIDNN (models.MODELS).
+  # AE, VAE, IDNN, VIDNN (autoencoders) or STgramMFN (a classifier);
+  # models/registry.py.
+  config.model.name = "AE"
   config.model.frames = 5
   config.model.n_mels = config.features.get_ref("n_mels")
   config.model.hidden = 128
@@ -112,12 +121,25 @@ def get_config():
   config.model.compute_dtype = "float32"
   config.model.beta = 1.0  # KL weight (VAE, VIDNN).
   config.model.kl_reduction = "mean"  # "sum" over the batch as AE-ASD.
+  # STgram-MFN: MobileFaceNet's bottleneck table ("mobilefacenet", the
+  # paper's, or "liu2022", the reference's latest), the embedding's width
+  # and ArcFace's scale and margin (models/stgram_mfn.py).
+  config.model.bottlenecks = "mobilefacenet"
+  config.model.embedding = 128
+  config.model.arcface_s = 30.0
+  config.model.arcface_m = 0.7
 
   config.train = ml_collections.ConfigDict()
   config.train.epochs = 100
   config.train.batch_size = 512
   config.train.learning_rate = 1e-3
   config.train.adam_eps = 1e-8  # optax's default; Keras used 1e-7.
+  # "constant", or "cosine" as STgram-MFN: after each epoch from
+  # cosine_start_epoch on (counted from 0), one step of a cosine annealing
+  # over train.epochs steps down to cosine_final times the rate.
+  config.train.lr_schedule = "constant"
+  config.train.cosine_start_epoch = 20
+  config.train.cosine_final = 0.1
   config.train.num_seeds = 1  # Independent models per group.
   config.train.validation_split = 0.1
   # Which weights "best" names: "last" (the DCASE baselines: the final
@@ -141,9 +163,12 @@ def get_config():
   config.train.pallas_interpret = False
 
   config.score = ml_collections.ConfigDict()
-  # "mse", or "mahalanobis": the 2023+ baseline's selective Mahalanobis
-  # distance of the residual, the smaller of its source and target ones
-  # (evaluate.py --score picks it for one evaluation).
+  # Autoencoders: "mse", or "mahalanobis": the 2023+ baseline's selective
+  # Mahalanobis distance of the residual, the smaller of its source and
+  # target ones. Classifiers: "logprob" (-log softmax of the clip's own
+  # class, the margin applied as STgram-MFN scores) or "knn" (the cosine
+  # distance to the nearest training embedding of the clip's class).
+  # evaluate.py --score picks one for one evaluation.
   config.score.method = "mse"
   config.score.pooling = "mean"  # "mean", "max" or "gwrp" (AE-ASD's option).
   config.score.gwrp_decay = 0.99
@@ -154,4 +179,5 @@ def get_config():
   config.score.segment_percentile = 99.0
   config.score.segment_bands = 3  # Mel bands named per segment.
   config.score.batch_windows = 8192  # Windows per model per scoring step.
+  config.score.batch_clips = 32  # Clips per model per step (classifiers).
   return config

@@ -349,7 +349,7 @@ CASES = [
     "NaN in the cached frames",
     _nan_in_cached_frames,
     2,
-    "non-finite values in the cached frames",
+    "non-finite values in the cached frames or waveforms",
   ),
   Case(
     "dev id without anomalies",
@@ -569,7 +569,8 @@ def test_unknown_setting_names_close_matches():
   assert "Traceback" not in result.stderr
   assert result.stderr.strip().splitlines() == [
     "error: --config.train.epoch: no such setting; close matches:"
-    " config.train.epochs, config.train.adam_eps, config.train"
+    " config.train.epochs, config.train.adam_eps,"
+    " config.train.cosine_start_epoch"
   ]
 
 

@@ -156,8 +156,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
   tiny_config.train.epochs = 3
   gather = window_data.gather_host_windows
 
-  def poisoned(*args):
-    windows = gather(*args)
+  def poisoned(*args, **kwargs):
+    windows = gather(*args, **kwargs)
     frames = np.asarray(windows.frames)
     frames[::7] = np.inf
     return windows._replace(frames=frames)
@@ -165,7 +165,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
   monkeypatch.setattr(window_data, "gather_host_windows", poisoned)
   # The frames' own check would call this cache damage; the guard tested
   # here must catch divergence whatever its cause.
-  monkeypatch.setattr(trainer_lib, "_all_frames_finite", lambda frames: True)
+  monkeypatch.setattr(trainer_lib, "_all_finite", lambda rows: True)
   with pytest.raises(
     AeasdError,
     match=r"non-finite .* epoch 2 for group "

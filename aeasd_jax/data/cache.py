@@ -24,6 +24,7 @@ from aeasd_jax.errors import AeasdError
 log = logging.getLogger(__name__)
 
 FRAMES_FILE = "frames.f32"
+WAVES_FILE = "waves.f32"  # Only in caches of fixed-length clips, when asked.
 INDEX_FILE = "index.json"
 BAD_FILES_REPORT = "bad_files.txt"
 LOCK_FILE = cache_folders.LOCK_FILE
@@ -44,6 +45,9 @@ class FeatureCache:
   bad_files: tuple  # "path: reason" for each file left out.
   # blake2b-256 hex digest of each clip's file bytes, in clip order.
   digests: tuple = ()
+  # [num_clips, clip_samples] float32, memory-mapped: each clip's waveform,
+  # tiled or cut to one length, where the cache was built with them.
+  waves: np.ndarray = None
   # The shared lock that keeps other processes from evicting this cache;
   # released when the FeatureCache is garbage-collected. (Frames mapped
   # before an eviction stay readable: a deleted file lives on while mapped.)
@@ -133,6 +137,8 @@ def build_or_load(
   batch_size=64,
   batch_seconds=640.0,
   show_progress=True,
+  clip_samples=None,
+  keep_waveforms=False,
 ):
   """Loads the cache for these clips and settings, building it if needed.
 
@@ -149,6 +155,11 @@ def build_or_load(
     batch_seconds: the most audio seconds per log-mel call, which bounds its
       memory; a clip longer than this goes in a call of its own.
     show_progress: print a clips/s progress line while building.
+    clip_samples: tile (repeat) or cut every waveform to this many samples
+      before its log-mel, so that every clip has one frame count (the
+      classifiers' clip examples); None keeps each clip whole.
+    keep_waveforms: also store those fixed-length waveforms (models that
+      read the waveform, such as STgram-MFN's Tgram); needs clip_samples.
 
   Returns:
     A FeatureCache.
@@ -158,6 +169,11 @@ def build_or_load(
       "no clips to cache; check config.data.root and config.data.machine_types"
     )
   audio_params = {"resample": bool(resample), "channel": channel}
+  # Added only when set, so the autoencoders' caches keep their keys.
+  if clip_samples:
+    audio_params["clip_samples"] = int(clip_samples)
+  if keep_waveforms:
+    audio_params["waveforms"] = True
   versions = [_file_version(c.path) for c in clips]
   directory = pathlib.Path(cache_dir) / _key(
     clips, versions, feature_params, audio_params
@@ -255,6 +271,24 @@ def _open(directory, hold):
     if total
     else np.zeros((0, n_mels), np.float32)
   )
+  waves = None
+  if body["audio"].get("waveforms"):
+    samples = body["audio"]["clip_samples"]
+    waves_path = directory / WAVES_FILE
+    shape = (len(lengths), samples)
+    if (
+      not waves_path.is_file()
+      or waves_path.stat().st_size != len(lengths) * samples * 4
+    ):
+      raise AeasdError(
+        f"feature cache {waves_path}: expected {len(lengths) * samples * 4}"
+        " bytes; delete the folder to rebuild it"
+      )
+    waves = (
+      np.memmap(waves_path, np.float32, "r", shape=shape)
+      if len(lengths)
+      else np.zeros(shape, np.float32)
+    )
   # Not concatenate([0], ...): that gives one offset for zero clips.
   offsets = np.cumsum(lengths) - lengths
   clips = tuple(dcase.Clip(**c) for c in body["clips"])
@@ -266,7 +300,8 @@ def _open(directory, hold):
     lengths,
     tuple(body["bad_files"]),
     tuple(body["digests"]),
-    hold,
+    waves=waves,
+    hold=hold,
   )
 
 
@@ -314,11 +349,13 @@ def _build(
       tmp / FRAMES_FILE,
       clips,
       feature_params,
-      audio_params,
+      {k: audio_params[k] for k in ("resample", "channel")},
       num_workers,
       batch_size,
       batch_seconds,
       show_progress,
+      clip_samples=audio_params.get("clip_samples"),
+      waves_path=tmp / WAVES_FILE if audio_params.get("waveforms") else None,
     )
     _check_unchanged(clips, versions)
     if bad and not skip_bad_files:

@@ -7,6 +7,7 @@ one file, in clip order.
 
 import collections
 import concurrent.futures
+import contextlib
 import hashlib
 import os
 import sys
@@ -30,10 +31,19 @@ def compute_frames(
   batch_size,
   batch_seconds,
   show_progress,
+  clip_samples=None,
+  waves_path=None,
 ):
-  """Decodes clips on threads and runs log-mel in batches on the device."""
+  """Decodes clips on threads and runs log-mel in batches on the device.
+
+  With clip_samples, each waveform is first tiled (repeated) or cut to that
+  many samples, so every clip gives one frame count; with waves_path, those
+  waveforms are stored there too, clip after clip.
+  """
   log_mel = features.ClipLogMel(feature_params)
-  decode = lambda clip: _decode(clip, feature_params, audio_params)
+  decode = lambda clip: _decode(
+    clip, feature_params, audio_params, clip_samples
+  )
   budget = batch_seconds * feature_params["sample_rate"]
   kept, lengths, digests, bad, pending = [], [], [], [], []
   start = time.perf_counter()
@@ -47,8 +57,10 @@ def compute_frames(
     # One program per length bucket: every call of a bucket has as many rows.
     length = log_mel.padded_samples(len(pending[0][1]))
     mels = log_mel([w for _, w, _ in pending], rows=clips_per_call(length))
-    for (clip, _, digest), mel in zip(pending, mels):
+    for (clip, wave, digest), mel in zip(pending, mels):
       out.write(np.ascontiguousarray(mel, np.float32).tobytes())
+      if waves_out is not None:
+        waves_out.write(np.ascontiguousarray(wave, np.float32).tobytes())
       kept.append(clip)
       lengths.append(int(mel.shape[0]))
       digests.append(digest)
@@ -56,6 +68,9 @@ def compute_frames(
 
   with (
     open(frames_path, "wb") as out,
+    open(waves_path, "wb")
+    if waves_path
+    else contextlib.nullcontext() as waves_out,
     concurrent.futures.ThreadPoolExecutor(num_workers) as pool,
     _ProgressLine(show_progress) as progress,
   ):
@@ -78,8 +93,10 @@ def compute_frames(
         )
     if pending:
       flush(out)
-    out.flush()
-    os.fsync(out.fileno())
+    for f in (out, waves_out):
+      if f is not None:
+        f.flush()
+        os.fsync(f.fileno())
   return kept, lengths, digests, bad
 
 
@@ -125,7 +142,7 @@ def _in_order(pool, fn, items, window):
     yield head, future.result()
 
 
-def _decode(clip, feature_params, audio_params):
+def _decode(clip, feature_params, audio_params, clip_samples):
   """(waveform, blake2b hex digest of the file's bytes), or the AeasdError."""
   try:
     wave = audio.read_audio(
@@ -134,12 +151,23 @@ def _decode(clip, feature_params, audio_params):
       min_samples=feature_params["n_fft"],
       **audio_params,
     )
+    if clip_samples:
+      wave = fixed_length(wave, clip_samples)
     # Read after decoding, from the page cache; read_audio first turns a
     # missing file or a FIFO into its message. A change in between is
     # caught by _check_unchanged.
     return wave, _file_digest(clip.path)
   except AeasdError as e:
     return e
+
+
+def fixed_length(wave, samples):
+  """The first `samples` of a waveform, a short one tiled (repeated) to it.
+
+  As ASDKit makes every clip of a year one length; a cut keeps the start,
+  as STgram-MFN keeps each clip's first 10 s.
+  """
+  return np.resize(np.asarray(wave, np.float32), samples)
 
 
 def _file_digest(path):

@@ -145,8 +145,18 @@ def resolve_year_and_channel(config):
   return config
 
 
-def load(config, *, show_progress=True):
+def clip_samples(config):
+  """Samples of every clip example (config.data.clip_seconds), or None."""
+  if config.data.clip_seconds is None:
+    return None
+  return int(round(config.data.clip_seconds * config.features.sample_rate))
+
+
+def load(config, *, show_progress=True, waveforms=False):
   """Discovers the clips, loads (or builds) their cache, splits the groups.
+
+  With config.data.clip_seconds the cache holds clip examples of one length
+  (and, with `waveforms`, their waveforms) for the classifiers.
 
   Returns:
     (cache.FeatureCache, list of data.Group)
@@ -188,6 +198,8 @@ def load(config, *, show_progress=True):
     batch_size=config.data.feature_batch,
     batch_seconds=config.data.feature_batch_seconds,
     show_progress=show_progress,
+    clip_samples=clip_samples(config),
+    keep_waveforms=waveforms,
   )
   groups = make_groups(
     features.clips,
@@ -207,6 +219,16 @@ class Group:
   train_clips: np.ndarray  # Cache clip indices used for gradient steps.
   val_clips: np.ndarray  # Normal training clips held out for validation.
   test_clips: np.ndarray  # Dev and eval test clips of this group.
+
+
+def merged_group(groups, name):
+  """One Group of every group's clips: what one model of all types sees."""
+  merged = lambda field: np.sort(
+    np.concatenate([getattr(g, field) for g in groups])
+  )
+  return Group(
+    name, merged("train_clips"), merged("val_clips"), merged("test_clips")
+  )
 
 
 def make_groups(clips, *, group_by, use_eval_train, validation_split, seed):

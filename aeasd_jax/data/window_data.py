@@ -35,6 +35,11 @@ class WindowData(NamedTuple):
   train_counts: jnp.ndarray  # [groups] int32
   val_starts: jnp.ndarray  # [groups, max_val_windows] int32
   val_counts: jnp.ndarray  # [groups] int32
+  # Clip examples only (every clip exactly one window long, so a window's
+  # clip is its start // frames per window): the class of each clip and,
+  # for models that read it, its waveform. None otherwise.
+  labels: jnp.ndarray = None  # [clips] int32
+  waves: jnp.ndarray = None  # [clips, samples] float32
 
 
 def window_starts(lengths, frames_per_window):
@@ -153,6 +158,35 @@ class ClipFrames:
     return self[:].astype(dtype or np.float32)
 
 
+class ClipWaves:
+  """The cached waveforms of clips, one row each, read only when sliced.
+
+  Rows past the clips read as zeros; like ClipFrames, so each process of a
+  mesh reads only its devices' rows.
+  """
+
+  def __init__(self, cache, clips, num_rows):
+    self.cache = cache
+    self.directory = cache.directory
+    self.clips = np.asarray(clips, np.int64)
+    self.shape = (num_rows, cache.waves.shape[1])
+    self.dtype = np.dtype(np.float32)
+
+  def __getitem__(self, index):
+    rows = index[0] if isinstance(index, tuple) else index
+    start, stop, step = rows.indices(self.shape[0])
+    if step != 1:
+      raise ValueError("ClipWaves reads contiguous rows only")
+    out = np.zeros((max(stop - start, 0), self.shape[1]), np.float32)
+    have = self.clips[start:stop]
+    out[: len(have)] = self.cache.waves[have]
+    return out
+
+  def __array__(self, dtype=None, copy=None):
+    del copy  # Always a fresh array.
+    return self[:].astype(dtype or np.float32)
+
+
 def host_windows(
   cache,
   train_lists,
@@ -161,6 +195,8 @@ def host_windows(
   *,
   min_frames=0,
   min_windows=0,
+  labels=None,
+  waveforms=False,
 ):
   """Host WindowData for per-group lists of cached clip indices.
 
@@ -172,10 +208,12 @@ def host_windows(
     min_frames: pad the frame array to at least this many rows, so that
       chunks of a streamed epoch share one compiled program.
     min_windows: pad the training start rows to at least this width.
+    labels: clip examples: each cached clip's class ([cache clips] int32).
+    waveforms: clip examples: carry each clip's cached waveform too.
 
   Returns:
-    A WindowData of NumPy arrays, but for frames: a ClipFrames, read when
-    put on the devices.
+    A WindowData of NumPy arrays, but for frames (and waves): a ClipFrames
+    (ClipWaves), read when put on the devices.
   """
   lists = [list(clips) for clips in (*train_lists, *val_lists)]
   order = [c for clips in lists for c in clips]
@@ -193,20 +231,49 @@ def host_windows(
     rows[: len(train_lists)], min_windows
   )
   val_starts, val_counts = _padded_rows(rows[len(train_lists) :])
-  return WindowData(frames, train_starts, train_counts, val_starts, val_counts)
+  clip_labels = clip_waves = None
+  if labels is not None:
+    # Clips are exactly frames_per_window long: row i holds clip i.
+    num_clips = frames.shape[0] // frames_per_window
+    clip_labels = np.zeros(num_clips, np.int32)
+    clip_labels[: len(order)] = labels[order]
+    if waveforms:
+      clip_waves = ClipWaves(cache, order, num_clips)
+  return WindowData(
+    frames,
+    train_starts,
+    train_counts,
+    val_starts,
+    val_counts,
+    clip_labels,
+    clip_waves,
+  )
 
 
-def gather_host_windows(cache, groups, frames_per_window):
+def gather_host_windows(
+  cache, groups, frames_per_window, labels=None, waveforms=False
+):
   """Host WindowData of every group's training and validation clips."""
   return host_windows(
     cache,
     [g.train_clips for g in groups],
     [g.val_clips for g in groups],
     frames_per_window,
+    labels=labels,
+    waveforms=waveforms,
   )
 
 
-def stream_chunks(cache, groups, frames_per_window, chunk_clips, epoch, seed):
+def stream_chunks(
+  cache,
+  groups,
+  frames_per_window,
+  chunk_clips,
+  epoch,
+  seed,
+  labels=None,
+  waveforms=False,
+):
   """The training clips of one epoch, as host WindowData chunks.
 
   Shuffle semantics: every epoch each group's training clips are put in a
@@ -239,12 +306,28 @@ def stream_chunks(cache, groups, frames_per_window, chunk_clips, epoch, seed):
       frames_per_window,
       min_frames=len(groups) * chunk_clips * longest,
       min_windows=chunk_clips * (longest - frames_per_window + 1),
+      labels=labels,
+      waveforms=waveforms,
     )
 
 
 def gather_windows(frames, starts, frames_per_window):
   """[..., frames_per_window, n_mels] windows gathered on the device."""
   return frames[starts[..., None] + jnp.arange(frames_per_window)]
+
+
+def gather_examples(windows, starts, frames_per_window):
+  """A batch of examples: windows, or (clip frames, labels, waveforms).
+
+  Clip examples are whole clips (windows of a clip's length) with their
+  classes and, where carried, their waveforms.
+  """
+  window = gather_windows(windows.frames, starts, frames_per_window)
+  if windows.labels is None:
+    return window
+  clip = starts // frames_per_window
+  wave = None if windows.waves is None else windows.waves[clip]
+  return window, windows.labels[clip], wave
 
 
 def split_window(window, interpolate):

@@ -9,6 +9,7 @@ import pathlib
 import typing
 
 from aeasd_jax.data import dataset
+from aeasd_jax.models import registry
 from aeasd_jax.scoring import group_scoring
 from aeasd_jax.workdir import metric_log
 from aeasd_jax.metrics import official_score
@@ -102,7 +103,9 @@ def load_data(workdir, config, data_root=None):
       " --data_root=PATH to point evaluate.py at the data's new location"
     )
   try:
-    features, groups = dataset.load(config)
+    features, groups = dataset.load(
+      config, waveforms=registry.spec(config).uses_waveform
+    )
   except AeasdError as e:
     if "config." not in str(e):
       raise
@@ -236,7 +239,7 @@ class _ScoringRun(typing.NamedTuple):
 
 def _scoring_run(config, workdir, features, groups, restored, tag):
   """The _ScoringRun of restored (setup, params, batch_stats) weights."""
-  precision = group_scoring.precision_for(
+  precision = group_scoring.statistics_for(
     config, workdir, lambda: (features, groups), *restored
   )
   by_name = group_scoring.thresholds_for(
@@ -312,8 +315,12 @@ def with_score_method(config, score_method):
   """The workdir's config, scoring by `score_method` if one is given."""
   if score_method is None:
     return config
-  if score_method not in ("mse", "mahalanobis"):
-    raise AeasdError(f"--score={score_method}: expected mse or mahalanobis")
+  scores = registry.spec(config).scores
+  if score_method not in scores:
+    raise AeasdError(
+      f"--score={score_method}: expected {' or '.join(scores)} for"
+      f" {config.model.name}"
+    )
   config = config.copy_and_resolve_references()
   config.score.method = score_method
   return config

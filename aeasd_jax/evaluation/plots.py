@@ -103,17 +103,16 @@ def write_recordings(folder, config, rows, recordings, errors):
       recording (a name taken twice gets _2, _3, ...).
     config: the run's config.
     rows: score_recordings' rows.
-    recordings: the FeatureCache of the readable recordings.
+    recordings: the recordings.Recordings of the readable recordings.
     errors: {row index: [windows, n_mels] window errors per band}.
   """
   plt = _pyplot()
   folder.mkdir(parents=True, exist_ok=True)
   seconds_per_frame = config.features.hop_length / config.features.sample_rate
   taken = set()
-  for i, r in enumerate(recordings.clips):
+  for i, r in enumerate(recordings.rows):
     row = rows[r]
-    start = recordings.offsets[i]
-    frames = recordings.frames[start : start + recordings.lengths[i]]
+    frames = recordings.features.clip_frames(i)
     fig, (spectrogram, curve) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
     spectrogram.imshow(
       frames.T,

@@ -8,17 +8,21 @@ JSON lines.
 
 import functools
 import pathlib
+import typing
 
 import numpy as np
 
 from aeasd_jax.data import audio
 from aeasd_jax.data import cache
+from aeasd_jax.data import cache_compute
 from aeasd_jax.data import dataset
 from aeasd_jax.data import dcase
 from aeasd_jax.evaluation import evaluate
 from aeasd_jax.evaluation import plots as plots_lib
 from aeasd_jax.evaluation import segments
 from aeasd_jax.data import features as features_lib
+from aeasd_jax.data import labels
+from aeasd_jax.models import registry
 from aeasd_jax.scoring import group_scoring
 from aeasd_jax.scoring import windows
 from aeasd_jax.training import run_identity
@@ -60,15 +64,27 @@ def _group_of_recording(path, machine_type, group_names):
     return machine_type
   name = f"{machine_type}/{dcase.section_in_name(path)}"
   if name not in group_names:
-    prefix = machine_type + "/"
-    trained = [g[len(prefix) :] for g in group_names if g.startswith(prefix)]
-    raise AeasdError(
-      f"{path}: this run has one model per machine type and section (id in"
-      f" 2020), and the file name gives no trained section of {machine_type};"
-      f" expected a DCASE clip name of one of {trained}, such as"
-      f" {trained[0]}_0001.wav"
+    raise _untrained_section(
+      path,
+      machine_type,
+      group_names,
+      "this run has one model per machine type and section (id in 2020)",
     )
   return name
+
+
+def _untrained_section(path, machine_type, names, why):
+  """The error of a recording whose name gives none of the trained sections.
+
+  `names` are "type/section" groups or classes.
+  """
+  prefix = machine_type + "/"
+  trained = [n[len(prefix) :] for n in names if n.startswith(prefix)]
+  return AeasdError(
+    f"{path}: {why}, and the file name gives no trained section of"
+    f" {machine_type}; expected a DCASE clip name of one of {trained}, such"
+    f" as {trained[0] if trained else 'id_00'}_0001.wav"
+  )
 
 
 def score_recordings(
@@ -123,16 +139,23 @@ def score_recordings(
   load_data = functools.cache(
     lambda: evaluate.load_data(workdir, config, data_root)
   )
-  precision = group_scoring.precision_for(
+  statistics = group_scoring.statistics_for(
     config, workdir, load_data, setup, params, batch_stats
   )
   thresholds = group_scoring.thresholds_for(
-    config, workdir, load_data, setup, params, batch_stats, tag, precision
+    config, workdir, load_data, setup, params, batch_stats, tag, statistics
   )
-  rows, recordings = _read_recordings(config, path, machine_type, group_names)
+  rows, recordings = _read_recordings(
+    config, path, machine_type, group_names, setup.class_names
+  )
+  weights = (setup, params, batch_stats, statistics)
   if recordings is not None:
-    weights = (setup, params, batch_stats, precision)
     _score(config, rows, recordings, group_names, weights, thresholds)
+  if recordings is not None and setup.task == registry.CLASSIFICATION:
+    # A classifier scores whole clips: no window errors to localise with.
+    for r in recordings.rows:
+      rows[r].update(window_threshold=None, segments=[])
+  elif recordings is not None:
     window_thresholds = group_scoring.window_thresholds_for(
       config, workdir, load_data, setup, params, batch_stats, tag
     )
@@ -166,17 +189,29 @@ def _machine_type(machine_type, group_names):
   return machine_type
 
 
-def _read_recordings(config, path, machine_type, group_names):
+class Recordings(typing.NamedTuple):
+  """The readable recordings as a FeatureCache, and the row of each."""
+
+  features: cache.FeatureCache  # Its clips are dcase.Clip of the files.
+  rows: list  # Index into the rows of each of its clips.
+
+
+def _read_recordings(config, path, machine_type, group_names, class_names):
   """Each recording's log-mel frames, or the error that stops it.
+
+  A classifier's clip examples are tiled or cut to config.data.clip_seconds,
+  with their waveforms, as training read them.
 
   Returns:
     (rows, recordings): one row per file, {"path", "group"} or {"path",
-    "error"}; recordings is a FeatureCache of the readable files (its clip
-    indices are their rows), or None when there is none.
+    "error"}; recordings is a Recordings of the readable files, or None
+    when there is none.
   """
   # One program per bucket of lengths, not one per distinct length.
   log_mel = features_lib.ClipLogMel(dict(config.features))
-  rows, clips, frames = [], [], []
+  samples = dataset.clip_samples(config)
+  needed = registry.example_frames(config)
+  rows, clips, frames, waves = [], [], [], []
   for file in _recording_paths(path):
     row = {"path": str(file)}
     rows.append(row)
@@ -190,47 +225,92 @@ def _read_recordings(config, path, machine_type, group_names):
         channel=dataset.audio_channel(config, config.data.dcase_year),
         rate_advice=_rate_advice(config.features.sample_rate),
       )
+      seconds = len(wave) / config.features.sample_rate
+      if samples:
+        wave = cache_compute.fixed_length(wave, samples)
       mel = log_mel([wave])[0]
-      if len(mel) < config.model.frames:
+      if len(mel) < needed:
         raise AeasdError(
           f"{file}: {len(mel)} frames, fewer than"
           f" config.model.frames={config.model.frames};"
           " expected a longer recording"
         )
+      clip = dcase.Clip(
+        str(file),
+        machine_type,
+        _section_of_recording(file, group),
+        dcase.UNLABELLED,
+        "test",
+        "eval",
+      )
+      _check_class(clip, class_names, config.data.labels)
     except AeasdError as e:
       row["error"] = str(e)
       continue
     row["group"] = group
-    row["seconds"] = len(wave) / config.features.sample_rate
-    clips.append(len(rows) - 1)
+    row["seconds"] = seconds
+    clips.append(clip)
     frames.append(mel)
+    waves.append(wave)
   if not clips:
     return rows, None
   lengths = np.asarray([len(f) for f in frames], np.int64)
-  return rows, cache.FeatureCache(
-    directory=None,
-    frames=np.concatenate(frames),
-    clips=tuple(clips),
-    offsets=np.concatenate([[0], np.cumsum(lengths)[:-1]]),
-    lengths=lengths,
-    bad_files=(),
+  return rows, Recordings(
+    cache.FeatureCache(
+      directory=None,
+      frames=np.concatenate(frames),
+      clips=tuple(clips),
+      offsets=np.concatenate([[0], np.cumsum(lengths)[:-1]]),
+      lengths=lengths,
+      bad_files=(),
+      waves=np.stack(waves) if samples else None,
+    ),
+    [i for i, row in enumerate(rows) if "error" not in row],
   )
+
+
+def _check_class(clip, class_names, scheme):
+  """A classifier scores a recording by its class, which its name must tell."""
+  if class_names and labels.class_of(clip, scheme) not in class_names:
+    raise _untrained_section(
+      clip.path,
+      clip.machine_type,
+      class_names,
+      "a classifier scores a recording by its machine's class (type and"
+      " section, id in 2020)",
+    )
+
+
+def _section_of_recording(path, group):
+  """The section (id in 2020) a recording's name gives, or its group's.
+
+  A classifier's class is its machine type and section: a recording whose
+  name tells none can be scored only by a run with one model per section.
+  """
+  if "/" in group:
+    return group.split("/", 1)[1]
+  return dcase.section_in_name(path) or ""
 
 
 def _score(config, rows, recordings, group_names, weights, thresholds):
   """Adds score, threshold and anomaly to each readable recording's row."""
-  setup, params, batch_stats, precision = weights
-  clips = recordings.clips
+  setup, params, batch_stats, statistics = weights
   members = [
-    [i for i, c in enumerate(clips) if rows[c]["group"] == g]
+    [i for i, r in enumerate(recordings.rows) if rows[r]["group"] == g]
     for g in group_names
   ]
   scores = group_scoring.score_groups(
-    config, recordings, setup, params, batch_stats, members, precision
+    config,
+    recordings.features,
+    setup,
+    params,
+    batch_stats,
+    members,
+    statistics,
   )
   for name, indices, per_seed in zip(group_names, members, scores):
     for i, score in zip(indices, per_seed.mean(0)):
-      rows[clips[i]].update(
+      rows[recordings.rows[i]].update(
         score=float(score),
         threshold=thresholds[name],
         anomaly=bool(score > thresholds[name]),
@@ -253,15 +333,15 @@ def _localise(config, rows, recordings, group_names, weights, thresholds):
     features.htk,
   )
   errors = {}
-  for i, r in enumerate(recordings.clips):
+  features_of = recordings.features
+  for i, r in enumerate(recordings.rows):
     row = rows[r]
-    start = recordings.offsets[i]
     errors[r] = windows.band_errors(
       setup,
       params,
       batch_stats,
       group_names.index(row["group"]),
-      recordings.frames[start : start + recordings.lengths[i]],
+      features_of.clip_frames(i),
     )
     row["window_threshold"] = thresholds[row["group"]]
     row["segments"] = segments.find_segments(

@@ -98,7 +98,7 @@ class ConvBlock(nnx.Module):
       out_channels,
       kernel,
       strides=stride,
-      padding=[(padding, padding)] * 2,
+      padding=((padding, padding),) * 2,
       feature_group_count=in_channels if depthwise else 1,
       use_bias=False,
       kernel_init=_MFN_CONV_INIT,
@@ -108,10 +108,59 @@ class ConvBlock(nnx.Module):
     )
     self.norm = _batch_norm(out_channels, wide, rngs)
     self.prelu = None if linear else PReLU(out_channels, param_dtype=wide)
+    self.depthwise = depthwise
+    self.stride, self.padding = stride, padding
 
   def __call__(self, x, *, train):
-    x = self.norm(self.conv(x), use_running_average=not train)
+    kernel = self.conv.kernel[...].astype(self.conv.dtype)
+    x = x.astype(self.conv.dtype)
+    if self.depthwise:
+      x = depthwise_conv(x, kernel, self.stride, self.padding)
+    elif kernel.shape[:2] == (1, 1) and self.stride == 1:
+      # A pointwise conv is a GEMM over channels; XLA's CPU convolution
+      # takes 3x (forward) to 4x (backward) as long (benchmarks/NOTES.md).
+      # As a 2-D product: XLA's CPU backend runs the weight gradient of a
+      # 4-D one 3x slower.
+      x = (x.reshape(-1, x.shape[-1]) @ kernel[0, 0]).reshape(
+        *x.shape[:-1], kernel.shape[-1]
+      )
+    else:
+      x = self.conv(x)
+    x = self.norm(x, use_running_average=not train)
     return x if self.prelu is None else self.prelu(x)
+
+
+def depthwise_conv(x, kernel, stride, padding):
+  """A depthwise Conv2d as a sum of shifted, per-channel scaled inputs.
+
+  The same sums as lax.conv_general_dilated with feature_group_count equal
+  to the channels, in another order: XLA's CPU backend runs grouped
+  convolutions as generic loops, 20x (forward) to 25x (backward) slower
+  than these elementwise products on 2 cores (benchmarks/NOTES.md).
+
+  Args:
+    x: [batch, height, width, channels].
+    kernel: [kh, kw, 1, channels], nnx.Conv's layout.
+    stride: the stride of both axes.
+    padding: zeros added on each side of both axes.
+  """
+  kh, kw = kernel.shape[:2]
+  x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  height = (x.shape[1] - kh) // stride + 1
+  width = (x.shape[2] - kw) // stride + 1
+  if height == width == 1 and (kh, kw) == x.shape[1:3]:
+    # The kernel covers the whole map (MobileFaceNet's linear7): a sum.
+    return jnp.einsum("bhwc,hwc->bc", x, kernel[:, :, 0])[:, None, None]
+  out = 0
+  for i in range(kh):
+    for j in range(kw):
+      tap = x[
+        :,
+        i : i + stride * (height - 1) + 1 : stride,
+        j : j + stride * (width - 1) + 1 : stride,
+      ]
+      out = out + tap * kernel[i, j, 0]
+  return out
 
 
 class Bottleneck(nnx.Module):
@@ -218,7 +267,7 @@ class TgramBlock(nnx.Module):
       n_mels,
       n_mels,
       3,
-      padding=[(1, 1)],
+      padding=((1, 1),),
       use_bias=False,
       kernel_init=_TORCH_CONV_INIT,
       dtype=dtype,
@@ -244,7 +293,7 @@ class TgramNet(nnx.Module):
       n_mels,
       win_length,
       strides=hop_length,
-      padding=[(win_length // 2, win_length // 2)],
+      padding=((win_length // 2, win_length // 2),),
       use_bias=False,
       kernel_init=_TORCH_CONV_INIT,
       dtype=dtype,

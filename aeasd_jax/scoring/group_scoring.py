@@ -11,8 +11,12 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from aeasd_jax.data import labels
+from aeasd_jax.models import registry
+from aeasd_jax.scoring import classifier
 from aeasd_jax.scoring import mahalanobis
 from aeasd_jax.metrics import result_tables
+from aeasd_jax.scoring import neighbours
 from aeasd_jax.scoring import reconstruction
 from aeasd_jax.scoring import windows
 from aeasd_jax.data import window_data
@@ -22,13 +26,21 @@ log = logging.getLogger(__name__)
 
 
 def score_models(
-  config, features, setup, params, batch_stats, clip_lists, precision=None
+  config, features, setup, params, batch_stats, clip_lists, statistics=None
 ):
   """Per-model scores of per-model clip lists, in one set of device calls.
 
-  With `precision` (mahalanobis_precision), the selective Mahalanobis score;
-  otherwise the pooled reconstruction error.
+  Args:
+    statistics: what statistics_for gives config.score.method: the
+      Mahalanobis precisions (the selective Mahalanobis score) or a
+      classifier's training embeddings (the nearest-neighbour score).
+      Otherwise the pooled reconstruction error, or a classifier's logprob.
   """
+  if setup.task == registry.CLASSIFICATION:
+    return _classifier_scores(
+      config, features, setup, params, batch_stats, clip_lists, statistics
+    )
+  precision = statistics
   if precision is not None:
     return mahalanobis.score_clip_lists(
       setup.graphdef,
@@ -55,6 +67,48 @@ def score_models(
   )
 
 
+def _classifier_outputs(config, features, setup, params, batch_stats, clips):
+  """(every cached clip's class, classifier.outputs_of_clip_lists(clips))."""
+  clip_labels = labels.clip_labels(
+    features.clips, setup.class_names, config.data.labels
+  )
+  labels.check_labelled(
+    features.clips,
+    clip_labels,
+    sorted({c for clip_list in clips for c in clip_list}),
+    config.data.labels,
+  )
+  return clip_labels, classifier.outputs_of_clip_lists(
+    setup.graphdef,
+    params,
+    batch_stats,
+    features,
+    clip_labels,
+    clips,
+    config.score.batch_clips,
+  )
+
+
+def _classifier_scores(
+  config, features, setup, params, batch_stats, clip_lists, reference
+):
+  """A classifier's logprob, or with `reference` its nearest-neighbour score."""
+  clip_labels, outputs = _classifier_outputs(
+    config, features, setup, params, batch_stats, clip_lists
+  )
+  if reference is None:
+    return [scores for scores, _ in outputs]
+  return [
+    neighbours.knn_scores(
+      embeddings,
+      clip_labels[np.asarray(clips, np.int64)],
+      reference["embeddings"][m],
+      reference["labels"],
+    )
+    for m, ((_, embeddings), clips) in enumerate(zip(outputs, clip_lists))
+  ]
+
+
 def score_groups(
   config,
   features,
@@ -62,18 +116,29 @@ def score_groups(
   params,
   batch_stats,
   clips_per_group,
-  precision=None,
+  statistics=None,
 ):
-  """[seeds, clips] scores per group, each group's seeds on its own clips."""
-  clip_lists = [clips_per_group[g] for g in setup.group_of_model]
+  """[seeds, clips] scores per group, each group's seeds on its own clips.
+
+  A model that serves several groups (a classifier) scores their clips in
+  one list.
+  """
+  clip_lists = [[] for _ in setup.model_names]
+  for clips, models in zip(clips_per_group, setup.models_of_group):
+    for m in models:
+      clip_lists[m].extend(clips)
   flat = score_models(
-    config, features, setup, params, batch_stats, clip_lists, precision
+    config, features, setup, params, batch_stats, clip_lists, statistics
   )
-  seeds = config.train.num_seeds
-  return [
-    np.stack(flat[g * seeds : (g + 1) * seeds])
-    for g in range(len(clips_per_group))
-  ]
+  taken = [0] * len(clip_lists)
+  per_group = []
+  for clips, models in zip(clips_per_group, setup.models_of_group):
+    per_group.append(
+      np.stack([flat[m][taken[m] : taken[m] + len(clips)] for m in models])
+    )
+    for m in models:
+      taken[m] += len(clips)
+  return per_group
 
 
 def mahalanobis_precision(
@@ -127,11 +192,50 @@ def mahalanobis_precision(
   return stats.precision
 
 
-def precision_for(config, workdir, load_data, setup, params, batch_stats):
-  """mahalanobis_precision when config.score.method asks for it, else None."""
-  if config.score.method != "mahalanobis":
+def neighbour_reference(config, workdir, load_data, setup, params, batch_stats):
+  """A classifier's training embeddings, computed once and stored.
+
+  Stored under the weights' digest, as the Mahalanobis statistics are. The
+  reference is each model's training clips, not its held-out ones, which
+  the threshold is fitted on.
+
+  Returns:
+    {"embeddings": [models, clips, d] float32, "labels": [clips] int32}
+  """
+  path = workdir.neighbours_file(weights_digest(params, batch_stats))
+  if path.exists():
+    with np.load(path) as stored:
+      return dict(stored)
+  features, groups = load_data()
+  clips = np.sort(np.concatenate([g.train_clips for g in groups]))
+  clip_labels, outputs = _classifier_outputs(
+    config,
+    features,
+    setup,
+    params,
+    batch_stats,
+    [clips] * len(setup.model_names),
+  )
+  reference = {
+    "embeddings": np.stack([embeddings for _, embeddings in outputs]),
+    "labels": clip_labels[clips],
+  }
+  path.parent.mkdir(exist_ok=True)
+  with file_io.atomic_open(path, "wb") as f:
+    np.savez(f, **reference)
+  return reference
+
+
+def statistics_for(config, workdir, load_data, setup, params, batch_stats):
+  """What config.score.method scores with besides the weights, or None.
+
+  The Mahalanobis precisions, or a classifier's training embeddings (knn);
+  stored in the workdir, fitted the first time.
+  """
+  fit = {"mahalanobis": mahalanobis_precision, "knn": neighbour_reference}
+  if config.score.method not in fit:
     return None
-  return mahalanobis_precision(
+  return fit[config.score.method](
     config, workdir, load_data, setup, params, batch_stats
   )
 
@@ -144,28 +248,37 @@ def dev_auc_per_model(config, features, groups, setup, state):
   """[models] dev test score of the current weights: AE-ASD's selection.
 
   The year's headline figure (result_tables.headline): the mean AUC over
-  ids in 2020, the official score from 2021. It peeks at labelled test data.
+  ids in 2020, the official score from 2021; with select_by="dev_auc_pauc"
+  STgram-MFN's criterion, the mean AUC plus the mean pAUC. It peeks at
+  labelled test data.
   A model without dev test clips (an eval-only type, from 2023) gets nan:
   nothing to select by.
   """
-  clip_lists = [
-    dev_test_clips(features, groups[g]) for g in setup.group_of_model
-  ]
+  clip_lists = [[] for _ in setup.model_names]
+  for group, models in zip(groups, setup.models_of_group):
+    for m in models:
+      clip_lists[m].extend(dev_test_clips(features, group))
   scores = score_models(
     config, features, setup, state.params, state.batch_stats, clip_lists
   )
   year = config.data.dcase_year
+
+  def criterion(table):
+    if config.train.select_by == "dev_auc_pauc":
+      overall = result_tables.type_means(year, table)[1]
+      return overall["auc"] + overall["pauc"]
+    return result_tables.headline(year, table)
+
   return np.asarray(
     [
-      result_tables.headline(
-        year,
+      criterion(
         result_tables.metric_table(
           year,
           result_tables.scored_clips(
             features, [clips], [s], result_tables.own_truth, [None]
           ),
           warn=False,
-        ),
+        )
       )
       if len(clips)
       else np.nan
@@ -214,12 +327,12 @@ def fit_thresholds(
   params,
   batch_stats,
   tag,
-  precision=None,
+  statistics=None,
 ):
   """Fits and stores each group's decision threshold for weights `tag`.
 
   The threshold applies to the seed-ensemble score (the mean over seeds), of
-  config.score.method (`precision` as score_models takes it). For the
+  config.score.method (`statistics` as score_models takes it). For the
   Mahalanobis score the gamma is fitted to clip scores, like the MSE's; the
   baseline fits it to scores of 256-window training batches instead.
 
@@ -233,7 +346,7 @@ def fit_thresholds(
     params,
     batch_stats,
     [_threshold_clips(g) for g in groups],
-    precision,
+    statistics,
   )
   thresholds = {
     g.name: fit_threshold(s.mean(0), config.score.threshold_percentile)
@@ -264,7 +377,7 @@ def stored_thresholds(config, workdir, tag, params, batch_stats):
 
 
 def thresholds_for(
-  config, workdir, load_data, setup, params, batch_stats, tag, precision
+  config, workdir, load_data, setup, params, batch_stats, tag, statistics
 ):
   """Each group's threshold for these weights: stored, or fitted and stored.
 
@@ -286,7 +399,7 @@ def thresholds_for(
     params,
     batch_stats,
     tag,
-    precision,
+    statistics,
   )
 
 

@@ -14,7 +14,10 @@ from aeasd_jax import runtime
 from aeasd_jax.data import dcase
 from aeasd_jax.data import features
 from aeasd_jax.training import fused
+from aeasd_jax.data import labels
 from aeasd_jax.models import autoencoders
+from aeasd_jax.models import registry
+from aeasd_jax.models import stgram_mfn
 from aeasd_jax.scoring import reconstruction
 from aeasd_jax import synth
 from aeasd_jax.errors import AeasdError
@@ -143,7 +146,7 @@ def _check_model(config):
     "model.bottleneck",
   ):
     _positive_int(config, setting)
-  _choice(config, "model.name", set(autoencoders.MODELS))
+  _choice(config, "model.name", set(registry.SPECS))
   _choice(config, "model.kl_reduction", {"mean", "sum"})
   _choice(config, "model.init", set(autoencoders.INITS))
   _choice(config, "model.vae", set(autoencoders.VAES))
@@ -155,9 +158,13 @@ def _check_model(config):
     config.model.compute_dtype,
     "jax_enable_x64 for float64 (set JAX_ENABLE_X64=1 before starting Python)",
   )
+  _positive_int(config, "model.embedding")
+  _choice(config, "model.bottlenecks", set(stgram_mfn.BOTTLENECKS))
+  _number_in(config, "model.arcface_s", "(0, 1e3]")
+  # Past pi/2 the margin turns the own class's cosine down for every angle.
+  _number_in(config, "model.arcface_m", "[0, 1.5707963]")
   _require(
-    config.model.frames % 2 == 1
-    or not autoencoders.MODELS[config.model.name].interpolate,
+    config.model.frames % 2 == 1 or not registry.interpolates(config),
     "model.frames",
     config.model.frames,
     "an odd number for IDNN (a centre frame)",
@@ -223,6 +230,17 @@ def _check_data(config):
     "'mean', a channel index such as '0', or '' for the year's default",
   )
   _number_in(config, "data.feature_batch_seconds", "(0, inf)")
+  _choice(config, "data.labels", set(labels.SCHEMES))
+  if config.data.clip_seconds is not None:
+    _number_in(config, "data.clip_seconds", "(0, 3600]")
+  # model.name is checked by now.
+  _require(
+    config.data.clip_seconds is not None or not registry.is_classifier(config),
+    "data.clip_seconds",
+    config.data.clip_seconds,
+    f"the seconds of every clip example for model.name={config.model.name!r}"
+    " (a classifier sees whole clips: 10.0 as STgram-MFN)",
+  )
   for setting in (
     "data.use_eval_train",
     "data.resample",
@@ -250,7 +268,12 @@ def _check_train(config):
     "train.log_every",
   ):
     _positive_int(config, setting)
-  _choice(config, "train.select_by", {"last", "val_loss", "dev_auc"})
+  _choice(
+    config, "train.select_by", {"last", "val_loss", "dev_auc", "dev_auc_pauc"}
+  )
+  _choice(config, "train.lr_schedule", {"constant", "cosine"})
+  _seed(config, "train.cosine_start_epoch")
+  _number_in(config, "train.cosine_final", "[0, 1]")
   _choice(config, "train.kernels", set(fused.KERNELS))
   _bool(config, "train.pallas_interpret")
   _bool(config, "train.tensorboard")
@@ -272,9 +295,10 @@ def _check_train(config):
 
 def _check_score(config):
   _positive_int(config, "score.batch_windows")
+  _positive_int(config, "score.batch_clips")
   _positive_int(config, "score.segment_bands")
   _number_in(config, "score.segment_percentile", "(0, 100)")
-  _choice(config, "score.method", {"mse", "mahalanobis"})
+  _choice(config, "score.method", set(registry.spec(config).scores))
   _choice(config, "score.pooling", set(reconstruction.POOLINGS))
   _number_in(config, "score.gwrp_decay", "[0, 1]")
   # 100 would put the threshold at the gamma fit's +Infinity.

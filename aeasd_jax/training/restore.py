@@ -5,6 +5,7 @@ import logging
 import jax
 import numpy as np
 
+from aeasd_jax.models import registry
 from aeasd_jax.workdir import checkpoint
 from aeasd_jax.training import state as state_lib
 from aeasd_jax.training import steps
@@ -27,8 +28,11 @@ def load_weights(config, workdir, group_names, which):
     (setup, params, batch_stats, tag) where tag names the weights.
   """
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
-  setup = state_lib.make_setup(config, group_names, mesh)
-  keys = state_lib.model_keys(config.seed, group_names, config.train.num_seeds)
+  class_names = workdir.read_classes() if registry.is_classifier(config) else ()
+  setup = state_lib.make_setup(config, group_names, mesh, class_names)
+  keys = state_lib.model_keys(
+    config.seed, setup.train_group_names, config.train.num_seeds
+  )
   abstract = state_lib.abstract_state(
     setup, keys, jax.sharding.SingleDeviceSharding(jax.devices()[0])
   )

@@ -31,6 +31,9 @@ IDENTITY_SETTINGS = (
   "data.group_by",
   "data.machine_types",
   "data.use_eval_train",
+  # A classifier's examples and classes: the weights' input and output.
+  "data.clip_seconds",
+  "data.labels",
   "train.num_seeds",
   "train.validation_split",
   # The stored best metric is a validation loss or a negative dev AUC;
@@ -83,10 +86,13 @@ def check_resume(workdir, config):
   workdir.read_data_identity()
 
 
-def record_run(workdir, config, group_names, data_identity):
-  """Writes what a run is: its config, its groups, the data it trains on."""
+def record_run(workdir, config, group_names, data_identity, class_names=()):
+  """Writes what a run is: its config, its groups (and a classifier's
+  classes), the data it trains on."""
   workdir.write_config_values(json.loads(config.to_json()))
   workdir.write_groups(group_names)
+  if class_names:
+    workdir.write_classes(class_names)
   workdir.write_data_identity(data_identity)
 
 

@@ -14,36 +14,53 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from aeasd_jax.training import fused
+from aeasd_jax.models import registry
+from aeasd_jax.scoring import classifier
 from aeasd_jax.scoring import reconstruction
 from aeasd_jax.data import window_data
 
 
-def loss(setup, params, batch_stats, window, key):
-  """One model's training loss on a batch of windows; a pure function.
+def loss(setup, params, batch_stats, example, key):
+  """One model's training loss on a batch of examples; a pure function.
 
-  The mean squared reconstruction error plus beta times the KL term (zero
-  for AE and IDNN). Training differentiates it; the benchmarks time it.
+  Autoencoders: the mean squared reconstruction error of the windows plus
+  beta times the KL term (zero for AE and IDNN). Classifiers: the
+  cross-entropy of the ArcFace logits of (clip frames, labels, waveforms).
+  Training differentiates it; the benchmarks time it.
 
   Returns:
     (loss, batch_stats)
   """
-  x, y = window_data.split_window(window, setup.interpolate)
   model = nnx.merge(setup.graphdef, params, batch_stats)
-  reconstructed, kl = model(x, train=True, key=key)
-  mse = jnp.mean((reconstructed - y) ** 2)
-  kl = jnp.sum(kl) if setup.kl_reduction == "sum" else jnp.mean(kl)
-  return (
-    mse + setup.beta * kl,
-    nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)),
-  )
+  if setup.task == registry.CLASSIFICATION:
+    frames, labels, wave = example
+    logits, _ = model(wave, frames, labels, train=True)
+    value = jnp.mean(
+      optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(setup.loss_dtype), labels
+      )
+    )
+  else:
+    x, y = window_data.split_window(example, setup.interpolate)
+    reconstructed, kl = model(x, train=True, key=key)
+    mse = jnp.mean((reconstructed - y) ** 2)
+    kl = jnp.sum(kl) if setup.kl_reduction == "sum" else jnp.mean(kl)
+    value = mse + setup.beta * kl
+  return value, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
 
 
-def train_step(setup, params, batch_stats, opt_state, window, key):
-  """One Adam step of one model on a batch of windows: a pure function."""
+def train_step(setup, params, batch_stats, opt_state, example, key, rate=None):
+  """One Adam step of one model on a batch of examples: a pure function.
+
+  `rate`, when given, scales Adam's update: the learning rate's factor of
+  the epoch (Adam's step is linear in its rate).
+  """
   (value, batch_stats), grads = jax.value_and_grad(loss, 1, has_aux=True)(
-    setup, params, batch_stats, window, key
+    setup, params, batch_stats, example, key
   )
   updates, opt_state = setup.optimizer.update(grads, opt_state, params)
+  if rate is not None:
+    updates = jax.tree.map(lambda u: (u * rate).astype(u.dtype), updates)
   params = optax.apply_updates(params, updates)
   # A non-finite gradient makes Adam's update, and so the parameters,
   # non-finite for good; finish_epoch checks them once instead of reducing
@@ -97,12 +114,13 @@ def train_pass(setup, state, totals, windows, part):
     order.swapaxes(0, 1), NamedSharding(setup.mesh, P(None, None, "data"))
   )
   active = jnp.arange(num_steps)[:, None] < (counts // batch)[None, :]
+  rate = None if setup.rate_factor is None else setup.rate_factor(state.epoch)
 
   def body(carry, xs):
     params, batch_stats, opt_state = carry
     batch_starts, step_active, step = xs
-    window = window_data.gather_windows(
-      windows.frames, batch_starts, setup.frames_per_window
+    window = window_data.gather_examples(
+      windows, batch_starts, setup.frames_per_window
     )
     keys = fold(step_keys, step)
     if setup.kernels in fused.FUSED_PATHS:
@@ -111,7 +129,7 @@ def train_pass(setup, state, totals, windows, part):
         params, batch_stats, opt_state, window, keys, step_active
       )
       return new[:3], new[3]
-    new = jax.vmap(functools.partial(train_step, setup))(
+    new = jax.vmap(functools.partial(train_step, setup, rate=rate))(
       params, batch_stats, opt_state, window, keys
     )
     new_carry, metrics = new[:3], new[3]
@@ -175,10 +193,12 @@ def run_epoch(setup, state, windows):
 
 
 def validation_loss(setup, params, batch_stats, windows):
-  """[models] mean per-vector error over each group's held-out windows.
+  """[models] mean per-example error over each group's held-out examples.
 
-  The same error the anomaly score averages, so selecting on it selects the
-  model that best reconstructs unseen normal sound.
+  Autoencoders: the error the anomaly score averages, so selecting on it
+  selects the model that best reconstructs unseen normal sound.
+  Classifiers: the cross-entropy of held-out clips, which is also their
+  logprob score.
   """
   group = jnp.asarray(setup.group_of_model)
   starts, counts = windows.val_starts[group], windows.val_counts[group]
@@ -197,11 +217,11 @@ def validation_loss(setup, params, batch_stats, windows):
 
   def body(total, xs):
     chunk_starts, chunk_position = xs
-    window = window_data.gather_windows(
-      windows.frames, chunk_starts, setup.frames_per_window
+    example = window_data.gather_examples(
+      windows, chunk_starts, setup.frames_per_window
     )
-    errors = jax.vmap(reconstruction.vector_errors, (None, 0, 0, 0, None))(
-      setup.graphdef, params, batch_stats, window, setup.interpolate
+    errors = jax.vmap(functools.partial(example_errors, setup), (0, 0, 0))(
+      params, batch_stats, example
     )
     mask = chunk_position < counts[:, None]
     return total + jnp.sum(jnp.where(mask, errors, 0.0), -1), None
@@ -210,6 +230,17 @@ def validation_loss(setup, params, batch_stats, windows):
     body, jnp.zeros(counts.shape, setup.loss_dtype), (starts, position)
   )
   return jnp.where(counts > 0, total / jnp.maximum(counts, 1), jnp.nan)
+
+
+def example_errors(setup, params, batch_stats, example):
+  """One model's per-example error in eval mode: [batch]."""
+  if setup.task == registry.CLASSIFICATION:
+    return classifier.clip_outputs(
+      setup.graphdef, params, batch_stats, example
+    )[0]
+  return reconstruction.vector_errors(
+    setup.graphdef, params, batch_stats, example, setup.interpolate
+  )
 
 
 def keep_best(state, metric):

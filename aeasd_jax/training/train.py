@@ -16,6 +16,9 @@ import numpy as np
 from aeasd_jax.workdir import checkpoint
 from aeasd_jax.training import config_check
 from aeasd_jax.data import dataset
+from aeasd_jax.data import labels
+from aeasd_jax.models import registry
+from aeasd_jax.training import state as state_lib
 from aeasd_jax.scoring import group_scoring
 from aeasd_jax.training import interrupts
 from aeasd_jax.workdir import metric_log
@@ -32,27 +35,48 @@ log = logging.getLogger(__name__)
 
 
 def check_trainable(config, features, groups):
-  """Every clip holds a window, every group a full batch and some sound.
+  """Every clip holds an example, every group a full batch and some sound.
 
   Checked before anything compiles, so the message names the real cause.
   """
+  frames = registry.example_frames(config)
   window_data.check_clip_lengths(
     features,
     [c for g in groups for c in (*g.train_clips, *g.val_clips, *g.test_clips)],
-    config.model.frames,
+    frames,
   )
   window_data.check_constant_clips(features, groups)
   batch_size = config.train.batch_size
-  for group in groups:
-    count = window_data.window_count(
-      features, group.train_clips, config.model.frames
-    )
+  examples = "clips" if registry.is_classifier(config) else "vectors"
+  for group in training_groups(config, groups):
+    count = window_data.window_count(features, group.train_clips, frames)
     if count < batch_size:
       raise AeasdError(
-        f"group {group.name} has {count} training vectors, fewer than"
+        f"group {group.name} has {count} training {examples}, fewer than"
         f" config.train.batch_size={batch_size}; expected a smaller batch"
         " size or more training clips"
       )
+
+
+def training_groups(config, groups):
+  """The groups models train on: each scored group, or all in one group.
+
+  A classifier learns every type's classes at once.
+  """
+  if registry.is_classifier(config):
+    return [dataset.merged_group(groups, state_lib.CLASSIFIER_GROUP)]
+  return groups
+
+
+def class_names(config, features, groups):
+  """A classifier's classes, from its training clips' names; else ()."""
+  if not registry.is_classifier(config):
+    return ()
+  return labels.class_names(
+    features.clips,
+    [c for g in groups for c in (*g.train_clips, *g.val_clips)],
+    config.data.labels,
+  )
 
 
 def _device_resident(config, features, groups):
@@ -64,6 +88,8 @@ def _device_resident(config, features, groups):
   """
   clips = [c for g in groups for c in (*g.train_clips, *g.val_clips)]
   needed = int(features.lengths[clips].sum()) * features.frames.shape[1] * 4
+  if features.waves is not None and registry.spec(config).uses_waveform:
+    needed += len(clips) * features.waves.shape[1] * 4
   if config.data.device_resident is not None:
     return config.data.device_resident
   stats = jax.local_devices()[0].memory_stats() or {}
@@ -86,7 +112,7 @@ def _check_stream_chunks(config, features, groups):
   shortest = min(
     int(features.lengths[c]) for g in groups for c in g.train_clips
   )
-  windows = shortest - config.model.frames + 1
+  windows = shortest - registry.example_frames(config) + 1
   if chunk_clips * windows < config.train.batch_size:
     raise AeasdError(
       f"config.data.stream_chunk_clips={chunk_clips}: a streamed chunk of"
@@ -127,36 +153,53 @@ def _selection_metric(config, metrics, epoch, score_dev_auc):
     return metrics["val_loss"]
   if epoch % config.train.select_every:
     return np.full_like(metrics["val_loss"], np.inf)
+  # "dev_auc" or "dev_auc_pauc": recorded as dev_auc either way.
   metrics["dev_auc"] = score_dev_auc()
   return -metrics["dev_auc"]
 
 
 def _make_trainer(config, features, groups):
   """A Trainer with the frames resident on the devices, or streamed."""
-  frames = config.model.frames
-  group_names = [g.name for g in groups]
-  if _device_resident(config, features, groups):
-    return trainer_lib.Trainer(
-      config,
-      group_names,
-      window_data.gather_host_windows(features, groups, frames),
-      load=False,
+  frames = registry.example_frames(config)
+  names = class_names(config, features, groups)
+  examples = dict(
+    labels=(
+      labels.clip_labels(features.clips, names, config.data.labels)
+      if names
+      else None
+    ),
+    waveforms=registry.spec(config).uses_waveform,
+  )
+  trained = training_groups(config, groups)
+  trainer = functools.partial(
+    trainer_lib.Trainer,
+    config,
+    [g.name for g in groups],
+    load=False,
+    class_names=names,
+  )
+  if _device_resident(config, features, trained):
+    return trainer(
+      window_data.gather_host_windows(features, trained, frames, **examples)
     )
-  _check_stream_chunks(config, features, groups)
+  _check_stream_chunks(config, features, trained)
   val_windows = window_data.host_windows(
-    features, [[]] * len(groups), [g.val_clips for g in groups], frames
+    features,
+    [[]] * len(trained),
+    [g.val_clips for g in trained],
+    frames,
+    **examples,
   )
   chunks = functools.partial(
     window_data.stream_chunks,
     features,
-    groups,
+    trained,
     frames,
     config.data.stream_chunk_clips,
     seed=config.seed,
+    **examples,
   )
-  return trainer_lib.Trainer(
-    config, group_names, val_windows, chunks=chunks, load=False
-  )
+  return trainer(val_windows, chunks=chunks)
 
 
 def _compile_while_loading(trainer, timer):
@@ -208,7 +251,9 @@ def _train_and_evaluate(config, workdir, resuming):
   mngr = checkpoint.manager(workdir.checkpoints, config.train.keep_checkpoints)
   state = _initial_state(trainer, mngr)
   done = mngr.latest_step() or 0
-  config = _record_run(config, workdir, features, groups, done)
+  config = _record_run(
+    config, workdir, features, groups, done, trainer.setup.class_names
+  )
   writer = _open_metric_log(config, workdir, trainer, mngr.latest_step())
   score_dev_auc = functools.partial(
     group_scoring.dev_auc_per_model, config, features, groups, trainer.setup
@@ -240,7 +285,9 @@ def _load_and_check(config, workdir, resuming):
     (config with the year and channel resolved, features, groups, trainer)
   """
   config = dataset.resolve_year_and_channel(config)
-  features, groups = dataset.load(config)
+  features, groups = dataset.load(
+    config, waveforms=registry.spec(config).uses_waveform
+  )
   check_trainable(config, features, groups)
   if resuming:
     run_identity.check_same_data(workdir, config, features, groups)
@@ -367,32 +414,24 @@ def _fit_score_statistics(
 
   evaluate.py and --wav then find them in the workdir.
   """
-  precision = None
+  load_data = lambda: (features, groups)
+  weights = (setup, best.params, best.batch_stats)
   # The 2023+ baseline's covariance pass after the last epoch, stored for
   # evaluate.py --score=mahalanobis; other years fit it when asked.
-  if config.score.method == "mahalanobis" or config.data.dcase_year >= 2023:
-    precision = group_scoring.mahalanobis_precision(
-      config,
-      workdir,
-      lambda: (features, groups),
-      setup,
-      best.params,
-      best.batch_stats,
-    )
+  if setup.task == registry.RECONSTRUCTION and config.data.dcase_year >= 2023:
+    group_scoring.mahalanobis_precision(config, workdir, load_data, *weights)
   group_scoring.fit_thresholds(
     config,
     workdir,
     features,
     groups,
-    setup,
-    best.params,
-    best.batch_stats,
+    *weights,
     f"best@{epoch}",
-    precision if config.score.method == "mahalanobis" else None,
+    group_scoring.statistics_for(config, workdir, load_data, *weights),
   )
 
 
-def _record_run(config, workdir, features, groups, done):
+def _record_run(config, workdir, features, groups, done, class_names):
   """Writes the run's config, groups and data identity; returns its config.
 
   The config keeps what is true of the weights: paths resolved, so that
@@ -420,6 +459,7 @@ def _record_run(config, workdir, features, groups, done):
     config,
     [g.name for g in groups],
     dataset.data_identity(config, features, groups),
+    class_names,
   )
   return config
 
@@ -441,7 +481,7 @@ def _warn_unselected(config, setup, groups, best):
   ]
   if not unselected:
     return
-  if config.train.select_by == "dev_auc":
+  if config.train.select_by.startswith("dev_auc"):
     why = (
       f"config.train.select_every={config.train.select_every} exceeds"
       " the epochs trained, so no dev AUC check ran, or the group has no"

@@ -33,22 +33,32 @@ class Trainer:
   """
 
   def __init__(
-    self, config, group_names, host_windows, mesh=None, chunks=None, load=True
+    self,
+    config,
+    group_names,
+    host_windows,
+    mesh=None,
+    chunks=None,
+    load=True,
+    class_names=(),
   ):
     """Args:
 
     config: the run's config.
-    group_names: the groups, in model order.
+    group_names: the scored groups, in order.
     host_windows: host WindowData; validation windows only when streaming.
     mesh: the device mesh (default: every device, axis "data").
     chunks: for streaming, a function epoch -> iterable of host WindowData
       of that epoch's training windows, all of one shape.
     load: put the windows on the devices now; with False, call load()
       later, so that compile() (which needs shapes only) can overlap it.
+    class_names: a classifier's classes, in label order.
     """
     self.mesh = mesh or jax.sharding.Mesh(np.array(jax.devices()), ("data",))
     config_check.check_devices(config, self.mesh.devices.size)
-    self.setup = state_lib.make_setup(config, group_names, self.mesh)
+    self.setup = state_lib.make_setup(
+      config, group_names, self.mesh, class_names
+    )
     self.replicated = NamedSharding(self.mesh, P())
     self.rows = NamedSharding(self.mesh, P("data"))
     self.host_windows = host_windows
@@ -66,7 +76,9 @@ class Trainer:
     self.keep_best_fn = jax.jit(steps.keep_best, donate_argnums=0)
     # NumPy, so that every process passes the same replicated value.
     self.keys = np.asarray(
-      state_lib.model_keys(config.seed, group_names, config.train.num_seeds)
+      state_lib.model_keys(
+        config.seed, self.setup.train_group_names, config.train.num_seeds
+      )
     )
     self.init_fn = jax.jit(
       functools.partial(state_lib.init_state, self.setup),
@@ -77,62 +89,69 @@ class Trainer:
     self.programs = None
 
   def put(self, host_windows):
-    """Host WindowData onto the mesh: frames split by rows, the rest copied.
+    """Host WindowData onto the mesh: frames (and waves) split by rows.
 
     Each device holds a block of frame rows, so each process reads only its
     devices' rows; the window gather then picks rows where they lie (XLA
     gathers locally and sums the pieces across devices, which is exact).
+    The small per-group arrays are copied to every device.
     """
-    frames = host_windows.frames
-    num_rows = self.abstract(host_windows).frames.shape[0]
+    abstract = self.abstract(host_windows)
+    placed = {}
+    for name in host_windows._fields:
+      value = getattr(host_windows, name)
+      if value is None:
+        placed[name] = None
+      elif name in _ROW_SHARDED:
+        placed[name] = self._put_rows(value, getattr(abstract, name).shape)
+      else:
+        placed[name] = jax.make_array_from_process_local_data(
+          self.replicated, np.asarray(value)
+        )
+    return window_data.WindowData(**placed)
+
+  def _put_rows(self, host, shape):
+    """A lazily read host array, its rows split over the mesh's devices."""
 
     def read_rows(index):
       # Rows past the data (padding to a multiple of the devices) are zeros.
-      start, stop, _ = index[0].indices(num_rows)
-      rows = np.zeros((stop - start, frames.shape[1]), np.float32)
-      have = frames[start : min(stop, frames.shape[0])]
+      start, stop, _ = index[0].indices(shape[0])
+      rows = np.zeros((stop - start, shape[1]), np.float32)
+      have = host[start : min(stop, host.shape[0])]
       rows[: len(have)] = have
       return rows
 
-    sharded = jax.make_array_from_callback(
-      (num_rows, frames.shape[1]), self.rows, read_rows
-    )
+    sharded = jax.make_array_from_callback(shape, self.rows, read_rows)
     # Audio with NaN or Inf is refused when the cache is built, so a
-    # non-finite frame is damage; one reduction on the devices finds it.
-    if not bool(_all_frames_finite(sharded)):
+    # non-finite value is damage; one reduction on the devices finds it.
+    if not bool(_all_finite(sharded)):
       raise AeasdError(
-        f"feature cache {getattr(frames, 'directory', None)}: non-finite"
-        " values in the cached frames; expected finite log-mel frames. The"
-        " cache is damaged: delete the folder to rebuild it"
+        f"feature cache {getattr(host, 'directory', None)}: non-finite"
+        " values in the cached frames or waveforms; expected finite values."
+        " The cache is damaged: delete the folder to rebuild it"
       )
-    copies = {
-      name: jax.make_array_from_process_local_data(
-        self.replicated, np.asarray(getattr(host_windows, name))
-      )
-      for name in host_windows._fields
-      if name != "frames"
-    }
-    return window_data.WindowData(frames=sharded, **copies)
+    return sharded
 
   def abstract(self, host_windows):
     """The shapes and shardings put() gives host_windows, without reading."""
 
-    def spec(x):
+    def spec(name, x):
+      if x is None:
+        return None
+      if name in _ROW_SHARDED:
+        rows = reconstruction.bucket(x.shape[0], self.mesh.devices.size)
+        return jax.ShapeDtypeStruct(
+          (rows, x.shape[1]), np.float32, sharding=self.rows
+        )
       return jax.ShapeDtypeStruct(
         np.shape(x), np.asarray(x).dtype, sharding=self.replicated
       )
 
-    frames = host_windows.frames
-    num_rows = reconstruction.bucket(frames.shape[0], self.mesh.devices.size)
     return window_data.WindowData(
-      frames=jax.ShapeDtypeStruct(
-        (num_rows, frames.shape[1]), np.float32, sharding=self.rows
-      ),
       **{
-        name: spec(getattr(host_windows, name))
+        name: spec(name, getattr(host_windows, name))
         for name in host_windows._fields
-        if name != "frames"
-      },
+      }
     )
 
   def load(self):
@@ -214,9 +233,13 @@ class Trainer:
     return finish_program(state, totals, self.windows)
 
 
+# The big arrays, split by rows over the devices; the rest is replicated.
+_ROW_SHARDED = ("frames", "waves")
+
+
 @jax.jit
-def _all_frames_finite(frames):
-  return jnp.all(jnp.isfinite(frames))
+def _all_finite(rows):
+  return jnp.all(jnp.isfinite(rows))
 
 
 def prefetch(items, put, depth=2):

@@ -35,6 +35,7 @@ class Workdir:
   config.json      the run's settings (strict JSON), written once the run's
                    checks pass; evaluate.py reads the run from it.
   groups.json      the groups (machine type or section) in model order.
+  classes.json     a classifier's classes, in label order.
   data.json        the fingerprint of the data the run trained on.
   thresholds.json  {weights tag: the decision threshold fitted per group},
                    and under "<tag> windows" the window thresholds of
@@ -43,6 +44,8 @@ class Workdir:
   checkpoints/     Orbax steps (epochs) of the stacked training state.
   mahalanobis/     <weights digest>.npz: the Mahalanobis statistics of
                    those weights.
+  neighbours/      <weights digest>.npz: a classifier's training embeddings
+                   for its nearest-neighbour score.
   results/         evaluate.py's files: a folder per score method (mse,
                    mahalanobis), all from one evaluation, which its
                    evaluation.json describes (README: "What evaluate.py
@@ -71,6 +74,10 @@ class Workdir:
     return self.path / "groups.json"
 
   @property
+  def classes_file(self):
+    return self.path / "classes.json"
+
+  @property
   def data_file(self):
     return self.path / "data.json"
 
@@ -93,6 +100,9 @@ class Workdir:
 
   def mahalanobis_file(self, weights_digest):
     return self.mahalanobis / f"{weights_digest}.npz"
+
+  def neighbours_file(self, weights_digest):
+    return self.path / "neighbours" / f"{weights_digest}.npz"
 
   @property
   def results(self):
@@ -188,6 +198,18 @@ class Workdir:
 
   def write_groups(self, names):
     file_io.write_json(self.groups_file, list(names))
+
+  def read_classes(self):
+    """A classifier's class names in classes.json, in label order."""
+    classes = file_io.read_json(self.classes_file, list, _GROUPS_HINT)
+    if not all(isinstance(c, str) for c in classes):
+      raise file_io.damaged(
+        self.classes_file, "expected a list of class names", _GROUPS_HINT
+      )
+    return classes
+
+  def write_classes(self, names):
+    file_io.write_json(self.classes_file, list(names))
 
   def read_data_identity(self):
     """data.json's {"fingerprint", "training_clips", "root"}; None if absent.
