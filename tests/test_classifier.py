@@ -15,20 +15,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.special
-from flax import nnx
 
 import helpers
 from aeasd_jax import synth
 from aeasd_jax.data import audio
 from aeasd_jax.data import cache
 from aeasd_jax.data import cache_compute
+from aeasd_jax.data import dataset
 from aeasd_jax.data import dcase
 from aeasd_jax.data import features as features_lib
 from aeasd_jax.data import labels
+from aeasd_jax.data import window_data
 from aeasd_jax.evaluation import evaluate
 from aeasd_jax.evaluation import recordings
 from aeasd_jax.metrics import result_tables
-from aeasd_jax.models import stgram_mfn
+from aeasd_jax.models import registry
 from aeasd_jax.scoring import classifier
 from aeasd_jax.scoring import neighbours
 from aeasd_jax.training import state as state_lib
@@ -182,26 +183,59 @@ def test_knn_score_is_the_cosine_distance_to_the_nearest_of_its_class():
     np.testing.assert_allclose(ours[i], distance[0, 0], rtol=1e-12, atol=1e-12)
 
 
-def test_logprob_score_is_minus_log_softmax_of_the_own_margined_logit():
-  model = stgram_mfn.STgramMFN(
-    3, n_mels=16, frames=17, win_length=64, hop_length=32, rngs=nnx.Rngs(0)
-  )
-  graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-  wave = jax.random.normal(jax.random.key(1), (4, 16 * 32))
-  frames = jax.random.normal(jax.random.key(2), (4, 17, 16))
-  label = jnp.array([0, 2, 1, 2])
-  scores, embedding = classifier.clip_outputs(
-    graphdef, params, batch_stats, (frames, label, wave)
-  )
-  logits, expected_embedding = nnx.merge(graphdef, params, batch_stats)(
-    wave, frames, label, train=False
-  )
-  expected = -scipy.special.log_softmax(np.asarray(logits, np.float64), 1)[
-    np.arange(4), np.asarray(label)
+def test_logprob_score_is_minus_log_softmax_of_the_own_class():
+  rng = np.random.default_rng(0)
+  # ArcFace logits lie in [-s, s], s = 30.
+  logits = rng.uniform(-30, 30, (6, 5)).astype(np.float32)
+  label = rng.integers(0, 5, 6)
+  expected = -scipy.special.log_softmax(logits.astype(np.float64), 1)[
+    np.arange(6), label
   ]
-  # float32 log-sum-exp of logits up to s = 30: a few ulps of 30.
-  np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-5)
-  chex.assert_trees_all_equal(embedding, expected_embedding)
+  # float32 log-sum-exp of values up to 30: a few ulps of 30 (2e-6 each).
+  np.testing.assert_allclose(
+    classifier.own_class_nll(jnp.asarray(logits), jnp.asarray(label)),
+    expected,
+    rtol=0,
+    atol=2e-5,
+  )
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_clip_examples_carry_their_own_class_and_waveform(
+  tiny_root, tmp_path, streamed
+):
+  config = classifier_config(tiny_root, tmp_path)
+  features, groups = dataset.load(config, waveforms=True, show_progress=False)
+  group = train.training_groups(config, groups)[0]
+  names = train.class_names(config, features, groups)
+  clip_labels = labels.clip_labels(features.clips, names, "section")
+  frames = registry.example_frames(config)
+  examples = dict(labels=clip_labels, waveforms=True)
+  if streamed:
+    chunks = list(
+      window_data.stream_chunks(
+        features, [group], frames, 16, epoch=0, seed=0, **examples
+      )
+    )
+  else:
+    chunks = [
+      window_data.gather_host_windows(features, [group], frames, **examples)
+    ]
+  seen = []
+  for chunk in chunks:
+    rows, waves = np.asarray(chunk.frames), np.asarray(chunk.waves)
+    for start in chunk.train_starts[0, : chunk.train_counts[0]]:
+      clip = start // frames
+      # The clip whose frames these are, by content.
+      (c,) = [
+        c
+        for c in group.train_clips
+        if np.array_equal(features.clip_frames(c), rows[start : start + frames])
+      ]
+      assert chunk.labels[clip] == clip_labels[c]
+      np.testing.assert_array_equal(waves[clip], features.waves[c])
+      seen.append(c)
+  assert sorted(seen) == sorted(group.train_clips)
 
 
 @pytest.fixture(scope="module")
@@ -210,6 +244,9 @@ def trained(tmp_path_factory):
   root = tmp_path_factory.mktemp("classifier")
   data = synth.generate(root / "data", seed=0, clips_per_id=4, seconds=1.0)
   config = classifier_config(data, root / "cache")
+  # The three runs compile the same programs: the second and third read
+  # them from JAX's persistent cache.
+  config.compile_cache_dir = str(root / "jax_cache")
   config.train.num_seeds = 2
   train.train_and_evaluate(config, root / "straight")
   config.train.epochs = 1

@@ -25,11 +25,16 @@ def clip_outputs(graphdef, params, batch_stats, example):
   frames, labels, wave = example
   model = nnx.merge(graphdef, params, batch_stats)
   logits, embedding = model(wave, frames, labels, train=False)
+  return own_class_nll(logits, labels), embedding
+
+
+def own_class_nll(logits, labels):
+  """-log softmax(logits)[label] per row: the reference's score."""
   logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
   own = jnp.take_along_axis(
     jax.nn.log_softmax(logits), labels[:, None], axis=-1
-  )[:, 0]
-  return -own, embedding
+  )
+  return -own[:, 0]
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "clips_per_step"))
