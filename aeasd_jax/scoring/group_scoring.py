@@ -123,10 +123,7 @@ def score_groups(
   A model that serves several groups (a classifier) scores their clips in
   one list.
   """
-  clip_lists = [[] for _ in setup.model_names]
-  for clips, models in zip(clips_per_group, setup.models_of_group):
-    for m in models:
-      clip_lists[m].extend(clips)
+  clip_lists = _clips_per_model(setup, clips_per_group)
   flat = score_models(
     config, features, setup, params, batch_stats, clip_lists, statistics
   )
@@ -192,6 +189,15 @@ def mahalanobis_precision(
   return stats.precision
 
 
+def _clips_per_model(setup, clips_per_group):
+  """Each model's clips: those of every group it serves, in group order."""
+  clip_lists = [[] for _ in setup.model_names]
+  for clips, models in zip(clips_per_group, setup.models_of_group):
+    for m in models:
+      clip_lists[m].extend(clips)
+  return clip_lists
+
+
 def neighbour_reference(config, workdir, load_data, setup, params, batch_stats):
   """A classifier's training embeddings, computed once and stored.
 
@@ -254,10 +260,9 @@ def dev_auc_per_model(config, features, groups, setup, state):
   A model without dev test clips (an eval-only type, from 2023) gets nan:
   nothing to select by.
   """
-  clip_lists = [[] for _ in setup.model_names]
-  for group, models in zip(groups, setup.models_of_group):
-    for m in models:
-      clip_lists[m].extend(dev_test_clips(features, group))
+  clip_lists = _clips_per_model(
+    setup, [dev_test_clips(features, g) for g in groups]
+  )
   scores = score_models(
     config, features, setup, state.params, state.batch_stats, clip_lists
   )

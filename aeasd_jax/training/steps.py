@@ -35,10 +35,9 @@ def loss(setup, params, batch_stats, example, key):
   if setup.task == registry.CLASSIFICATION:
     frames, labels, wave = example
     logits, _ = model(wave, frames, labels, train=True)
+    # The cross-entropy is each clip's logprob score.
     value = jnp.mean(
-      optax.softmax_cross_entropy_with_integer_labels(
-        logits.astype(setup.loss_dtype), labels
-      )
+      classifier.own_class_nll(logits.astype(setup.loss_dtype), labels)
     )
   else:
     x, y = window_data.split_window(example, setup.interpolate)

@@ -416,22 +416,23 @@ def _fit_score_statistics(
   """
   load_data = lambda: (features, groups)
   weights = (setup, best.params, best.batch_stats)
+  statistics = group_scoring.statistics_for(
+    config, workdir, load_data, *weights
+  )
   # The 2023+ baseline's covariance pass after the last epoch, stored for
   # evaluate.py --score=mahalanobis; other years fit it when asked.
-  if setup.task == registry.RECONSTRUCTION and config.data.dcase_year >= 2023:
+  if (
+    setup.task == registry.RECONSTRUCTION
+    and config.data.dcase_year >= 2023
+    and statistics is None
+  ):
     group_scoring.mahalanobis_precision(config, workdir, load_data, *weights)
   group_scoring.fit_thresholds(
-    config,
-    workdir,
-    features,
-    groups,
-    *weights,
-    f"best@{epoch}",
-    group_scoring.statistics_for(config, workdir, load_data, *weights),
+    config, workdir, features, groups, *weights, f"best@{epoch}", statistics
   )
 
 
-def _record_run(config, workdir, features, groups, done, class_names):
+def _record_run(config, workdir, features, groups, done, classes):
   """Writes the run's config, groups and data identity; returns its config.
 
   The config keeps what is true of the weights: paths resolved, so that
@@ -459,7 +460,7 @@ def _record_run(config, workdir, features, groups, done, class_names):
     config,
     [g.name for g in groups],
     dataset.data_identity(config, features, groups),
-    class_names,
+    classes,
   )
   return config
 
